@@ -1,0 +1,52 @@
+"""What the engine reacts to. Plain frozen values; the engine never reads a clock."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from enum import StrEnum
+
+from headway.domain.models import Health
+
+
+class Command(StrEnum):
+    PAUSE = "pause"
+    RESUME = "resume"
+    PROMOTE = "promote"
+    ABORT = "abort"
+    ROLLBACK = "rollback"
+
+
+@dataclass(frozen=True, slots=True)
+class HostObserved:
+    """The latest level-triggered observation of one host (from its agent, or its absence)."""
+
+    host: str
+    release: int | None
+    generation: int
+    health: Health
+    connected: bool = True
+    detail: str = ""
+
+
+@dataclass(frozen=True, slots=True)
+class Tick:
+    """Time passed. Early or repeated ticks are harmless: deadlines decide."""
+
+
+@dataclass(frozen=True, slots=True)
+class OperatorCommand:
+    command: Command
+    actor: str = ""
+    reason: str = ""
+
+
+EngineEvent = HostObserved | Tick | OperatorCommand
+
+
+def event_kind(event: EngineEvent) -> str:
+    """The column of the transition table an event belongs to."""
+    if isinstance(event, OperatorCommand):
+        return event.command.value
+    if isinstance(event, HostObserved):
+        return "observed"
+    return "tick"

@@ -1,0 +1,224 @@
+"""The engine's state of one rollout, and its JSON form for the store.
+
+The engine owns the state object it is handed and changes it in place:
+copying 100,000 host records per event would break the O(1)-per-event
+budget. A caller that needs the previous state keeps its serialised form.
+"""
+
+from __future__ import annotations
+
+import heapq
+from dataclasses import dataclass, field
+from enum import StrEnum
+from typing import Any
+
+from headway.domain.models import Health, RolloutStatus
+from headway.engine.plan import Step, step_from_dict, step_to_dict
+
+
+class HostPhase(StrEnum):
+    PENDING = "pending"  # not touched by this rollout
+    UPDATING = "updating"  # told to run the target; not healthy yet
+    VERIFYING = "verifying"  # healthy on the target; waiting out min_healthy_time
+    DONE = "done"  # healthy on the target for min_healthy_time
+    FAILED = "failed"  # not done within the progress deadline, or reported failed
+    REVERTING = "reverting"  # told to go back to the previous release
+    REVERTED = "reverted"  # healthy on the previous release again
+    REVERT_FAILED = "revert_failed"  # could not get back to the previous release
+
+
+IN_FLIGHT = frozenset({HostPhase.UPDATING, HostPhase.VERIFYING, HostPhase.REVERTING})
+TOUCHED = frozenset({HostPhase.UPDATING, HostPhase.VERIFYING, HostPhase.DONE, HostPhase.FAILED})
+
+
+@dataclass(slots=True)
+class Policy:
+    max_unavailable: int
+    min_healthy_time: float
+    progress_deadline: float
+    failure_budget: int
+    auto_rollback: bool
+
+
+@dataclass(slots=True)
+class HostTrack:
+    name: str
+    phase: HostPhase = HostPhase.PENDING
+    desired_release: int | None = None
+    generation: int = 0
+    observed_release: int | None = None
+    observed_generation: int = 0
+    health: Health = Health.UNKNOWN
+    connected: bool = False
+    detail: str = ""
+    changed_at: float = 0.0
+    healthy_since: float | None = None
+    deadline: float | None = None
+    available: bool = False
+    batch: int = -1  # index of the plan step this host belongs to (-1: none)
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "name": self.name,
+            "phase": self.phase.value,
+            "desired_release": self.desired_release,
+            "generation": self.generation,
+            "observed_release": self.observed_release,
+            "observed_generation": self.observed_generation,
+            "health": self.health.value,
+            "connected": self.connected,
+            "detail": self.detail,
+            "changed_at": self.changed_at,
+            "healthy_since": self.healthy_since,
+            "deadline": self.deadline,
+            "available": self.available,
+            "batch": self.batch,
+        }
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Any]) -> HostTrack:
+        return cls(
+            name=d["name"],
+            phase=HostPhase(d["phase"]),
+            desired_release=d["desired_release"],
+            generation=d["generation"],
+            observed_release=d["observed_release"],
+            observed_generation=d["observed_generation"],
+            health=Health(d["health"]),
+            connected=d["connected"],
+            detail=d["detail"],
+            changed_at=d["changed_at"],
+            healthy_since=d["healthy_since"],
+            deadline=d["deadline"],
+            available=d["available"],
+            batch=d["batch"],
+        )
+
+
+@dataclass(slots=True)
+class RolloutState:
+    rollout_id: str
+    service: str
+    from_release: int | None
+    to_release: int
+    strategy: str
+    policy: Policy
+    plan: list[Step]
+    phase: RolloutStatus = RolloutStatus.RUNNING
+    reason: str = ""
+    created_at: float = 0.0
+    step_index: int = 0
+    step_started_at: float = 0.0
+    cursor: int = 0  # next host of the current batch (or revert queue) to start
+    step_open: int = 0  # hosts of the current batch not yet done or failed
+    waiting_promote: bool = False
+    pause_until: float | None = None
+    final_status: RolloutStatus | None = None  # where ROLLING_BACK ends (rolled_back or aborted)
+    hosts: dict[str, HostTrack] = field(default_factory=dict)
+    unavailable: int = 0
+    failed: int = 0
+    done: int = 0
+    revert_queue: list[str] = field(default_factory=list)
+    revert_failed: int = 0
+    revert_open: int = 0
+    touched: list[str] = field(default_factory=list)
+    blocked: str = ""
+    blocked_since: float | None = None
+    seq: int = 0
+    timers: list[tuple[float, str, int]] = field(
+        default_factory=list
+    )  # heap (at, host, generation)
+
+    def next_action_id(self) -> str:
+        self.seq += 1
+        return f"{self.rollout_id}:{self.seq}"
+
+    def push_timer(self, at: float, host: HostTrack) -> None:
+        host.deadline = at
+        heapq.heappush(self.timers, (at, host.name, host.generation))
+
+    def to_dict(self) -> dict[str, Any]:
+        p = self.policy
+        return {
+            "version": 1,
+            "rollout_id": self.rollout_id,
+            "service": self.service,
+            "from_release": self.from_release,
+            "to_release": self.to_release,
+            "strategy": self.strategy,
+            "policy": {
+                "max_unavailable": p.max_unavailable,
+                "min_healthy_time": p.min_healthy_time,
+                "progress_deadline": p.progress_deadline,
+                "failure_budget": p.failure_budget,
+                "auto_rollback": p.auto_rollback,
+            },
+            "plan": [step_to_dict(s) for s in self.plan],
+            "phase": self.phase.value,
+            "reason": self.reason,
+            "created_at": self.created_at,
+            "step_index": self.step_index,
+            "step_started_at": self.step_started_at,
+            "cursor": self.cursor,
+            "step_open": self.step_open,
+            "waiting_promote": self.waiting_promote,
+            "pause_until": self.pause_until,
+            "final_status": self.final_status.value if self.final_status else None,
+            "hosts": [h.to_dict() for h in self.hosts.values()],
+            "unavailable": self.unavailable,
+            "failed": self.failed,
+            "done": self.done,
+            "revert_queue": self.revert_queue,
+            "revert_failed": self.revert_failed,
+            "revert_open": self.revert_open,
+            "touched": self.touched,
+            "blocked": self.blocked,
+            "blocked_since": self.blocked_since,
+            "seq": self.seq,
+        }
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Any]) -> RolloutState:
+        p = d["policy"]
+        state = cls(
+            rollout_id=d["rollout_id"],
+            service=d["service"],
+            from_release=d["from_release"],
+            to_release=d["to_release"],
+            strategy=d["strategy"],
+            policy=Policy(
+                max_unavailable=p["max_unavailable"],
+                min_healthy_time=p["min_healthy_time"],
+                progress_deadline=p["progress_deadline"],
+                failure_budget=p["failure_budget"],
+                auto_rollback=p["auto_rollback"],
+            ),
+            plan=[step_from_dict(s) for s in d["plan"]],
+            phase=RolloutStatus(d["phase"]),
+            reason=d["reason"],
+            created_at=d["created_at"],
+            step_index=d["step_index"],
+            step_started_at=d["step_started_at"],
+            cursor=d["cursor"],
+            step_open=d["step_open"],
+            waiting_promote=d["waiting_promote"],
+            pause_until=d["pause_until"],
+            final_status=RolloutStatus(d["final_status"]) if d["final_status"] else None,
+            unavailable=d["unavailable"],
+            failed=d["failed"],
+            done=d["done"],
+            revert_queue=list(d["revert_queue"]),
+            revert_failed=d["revert_failed"],
+            revert_open=d["revert_open"],
+            touched=list(d["touched"]),
+            blocked=d["blocked"],
+            blocked_since=d["blocked_since"],
+            seq=d["seq"],
+        )
+        for raw in d["hosts"]:
+            host = HostTrack.from_dict(raw)
+            state.hosts[host.name] = host
+            if host.deadline is not None:
+                state.timers.append((host.deadline, host.name, host.generation))
+        heapq.heapify(state.timers)
+        return state

@@ -1,0 +1,87 @@
+"""Every legal (phase, event) pair of a rollout, in one table.
+
+Each row names the handler that runs and the phases it may lead to. A pair
+that is not in the table is illegal: the engine raises `IllegalTransition`
+naming the phase and the event. `docs/architecture.md` carries a diagram
+generated from this table (`python -m headway.engine.table`); a test checks
+the two agree.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from headway.domain.models import RolloutStatus as P
+
+
+@dataclass(frozen=True)
+class Transition:
+    handler: str
+    to: tuple[P, ...]
+    note: str
+
+
+_ACTIVE = (P.RUNNING, P.PAUSED, P.ROLLING_BACK)
+_ENDS = (P.SUCCEEDED, P.FAILED, P.ROLLED_BACK, P.ABORTED)
+
+TABLE: dict[tuple[P, str], Transition] = {
+    # host observations and time move hosts along; they may end the rollout
+    (P.RUNNING, "observed"): Transition(
+        "observe", (P.RUNNING, P.ROLLING_BACK, P.FAILED, P.SUCCEEDED), "host report"
+    ),
+    (P.RUNNING, "tick"): Transition(
+        "tick", (P.RUNNING, P.ROLLING_BACK, P.FAILED, P.SUCCEEDED), "deadline"
+    ),
+    (P.PAUSED, "observed"): Transition(
+        "observe", (P.PAUSED, P.ROLLING_BACK, P.FAILED), "host report"
+    ),
+    (P.PAUSED, "tick"): Transition("tick", (P.PAUSED, P.ROLLING_BACK, P.FAILED), "deadline"),
+    (P.ROLLING_BACK, "observed"): Transition(
+        "observe", (P.ROLLING_BACK, P.ROLLED_BACK, P.ABORTED, P.FAILED), "host report"
+    ),
+    (P.ROLLING_BACK, "tick"): Transition(
+        "tick", (P.ROLLING_BACK, P.ROLLED_BACK, P.ABORTED, P.FAILED), "deadline"
+    ),
+    # operators
+    (P.RUNNING, "pause"): Transition("pause", (P.PAUSED,), "pause"),
+    (P.PAUSED, "pause"): Transition("noop", (P.PAUSED,), "pause (already paused)"),
+    (P.PAUSED, "resume"): Transition("resume", (P.RUNNING,), "resume"),
+    (P.RUNNING, "resume"): Transition("noop", (P.RUNNING,), "resume (already running)"),
+    (P.RUNNING, "promote"): Transition("promote", (P.RUNNING, P.SUCCEEDED), "promote"),
+    (P.PAUSED, "promote"): Transition("promote", (P.RUNNING, P.SUCCEEDED), "promote"),
+    (P.RUNNING, "abort"): Transition("abort", (P.ROLLING_BACK, P.ABORTED), "abort"),
+    (P.PAUSED, "abort"): Transition("abort", (P.ROLLING_BACK, P.ABORTED), "abort"),
+    (P.RUNNING, "rollback"): Transition("rollback", (P.ROLLING_BACK, P.ROLLED_BACK), "rollback"),
+    (P.PAUSED, "rollback"): Transition("rollback", (P.ROLLING_BACK, P.ROLLED_BACK), "rollback"),
+    (P.ROLLING_BACK, "abort"): Transition(
+        "noop", (P.ROLLING_BACK,), "abort (already rolling back)"
+    ),
+    (P.ROLLING_BACK, "rollback"): Transition(
+        "noop", (P.ROLLING_BACK,), "rollback (already rolling back)"
+    ),
+}
+# Once a rollout has ended, reports and time still arrive; they change nothing.
+for _end in _ENDS:
+    TABLE[(_end, "observed")] = Transition("noop", (_end,), "host report (ignored)")
+    TABLE[(_end, "tick")] = Transition("noop", (_end,), "deadline (ignored)")
+
+
+def mermaid() -> str:
+    """A Mermaid state diagram of the table (self-loops and no-ops left out)."""
+    lines = ["stateDiagram-v2", "    [*] --> running: start"]
+    seen: set[tuple[P, P, str]] = set()
+    for (phase, event), transition in TABLE.items():
+        for target in transition.to:
+            if target is phase or transition.handler == "noop":
+                continue
+            edge = (phase, target, event)
+            if edge not in seen:
+                seen.add(edge)
+                lines.append(f"    {phase.value} --> {target.value}: {event}")
+    for end in _ENDS:
+        lines.append(f"    {end.value} --> [*]")
+    return "\n".join(lines)
+
+
+if __name__ == "__main__":  # pragma: no cover - a developer's tool
+    print(mermaid())
