@@ -1,0 +1,113 @@
+"""``headway server`` and ``headway agent``: long-running processes, imported lazily."""
+
+from __future__ import annotations
+
+import asyncio
+import importlib
+from pathlib import Path
+from typing import Annotated, Any
+
+import typer
+
+from headway.cli._common import handled, parse_pairs
+from headway.client.api import DEFAULT_SERVER
+from headway.errors import SpecError
+
+
+def parse_listen(listen: str) -> tuple[str, int]:
+    """``127.0.0.1:7400`` -> (``127.0.0.1``, 7400); ``[::1]:7400`` works too."""
+    host, sep, port_text = listen.rpartition(":")
+    host = host.strip("[]")
+    if not sep or not host or not port_text.isdigit() or not 0 < int(port_text) < 65536:
+        raise SpecError(
+            f"--listen {listen!r} is not HOST:PORT", hint="write it like --listen 127.0.0.1:7400"
+        )
+    return host, int(port_text)
+
+
+def _load(module: str) -> Any:
+    # Imported here, not at the top: `headway --help` and the API commands stay fast.
+    return importlib.import_module(module)
+
+
+@handled
+def server(
+    state_dir: Annotated[
+        Path, typer.Option("--state-dir", help="Where the server keeps its database, artifacts, tokens.")
+    ],
+    listen: Annotated[
+        str, typer.Option("--listen", help="HOST:PORT to serve the API and agents on.")
+    ] = "127.0.0.1:7400",
+    database: Annotated[
+        str | None,
+        typer.Option(
+            "--database",
+            envvar="HEADWAY_DATABASE_URL",
+            help="SQLAlchemy URL, e.g. postgresql+psycopg://127.0.0.1/headway; "
+            "default: SQLite in the state dir",
+            show_envvar=True,
+        ),
+    ] = None,
+) -> None:
+    """Run the control plane: REST API, agent channel and rollout engine."""
+    host, port = parse_listen(listen)
+    settings_module = _load("headway.server.settings")
+    main_module = _load("headway.server.main")
+    settings = settings_module.ServerSettings(
+        state_dir=state_dir, host=host, port=port, database_url=database or None
+    )
+    main_module.run_server(settings)
+
+
+@handled
+def agent(
+    name: Annotated[str, typer.Option("--name", help="This host's name (unique in the fleet).")],
+    address: Annotated[
+        str, typer.Option("--address", help="Address the app binds and the server reports.")
+    ],
+    state_dir: Annotated[
+        Path, typer.Option("--state-dir", help="Where the agent keeps releases and its journal.")
+    ],
+    server_url: Annotated[
+        str,
+        typer.Option(
+            "--server",
+            envvar="HEADWAY_SERVER",
+            help="URL of the Headway server",
+            show_envvar=True,
+        ),
+    ] = DEFAULT_SERVER,
+    token: Annotated[
+        str,
+        typer.Option(
+            "--token",
+            envvar="HEADWAY_AGENT_TOKEN",
+            help="Agent token (key \"agent\" of the server's tokens.json)",
+            show_default=False,
+            show_envvar=True,
+        ),
+    ] = "",
+    label: Annotated[
+        list[str] | None,
+        typer.Option("--label", help="KEY=VALUE label, repeatable (e.g. service=web)."),
+    ] = None,
+) -> None:
+    """Run the agent of one host: converge it to the release the server asks for."""
+    if not token:
+        raise SpecError(
+            "no agent token given",
+            hint="pass --token or set HEADWAY_AGENT_TOKEN (key \"agent\" of the server's "
+            "tokens.json)",
+        )
+    labels = parse_pairs(label or [], "--label")
+    settings_module = _load("headway.agent.settings")
+    runtime = _load("headway.agent.runtime")
+    settings = settings_module.AgentSettings(
+        server=server_url,
+        token=token,
+        name=name,
+        address=address,
+        labels=labels,
+        state_dir=state_dir,
+    )
+    asyncio.run(runtime.run_agent(settings))
