@@ -1,0 +1,140 @@
+"""`create_app(settings) -> ASGI app`. Nothing happens at import time."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+from collections.abc import AsyncIterator
+
+from fastapi import FastAPI, Request
+from fastapi.exceptions import RequestValidationError
+from fastapi.responses import JSONResponse
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
+
+import headway
+from headway.clock import Clock, SystemClock
+from headway.errors import HeadwayError
+from headway.protocol.messages import CHANNEL_PATH
+from headway.server.api import router
+from headway.server.artifacts import ArtifactFiles
+from headway.server.channel import agent_channel
+from headway.server.context import ServerContext
+from headway.server.hub import AgentHub
+from headway.server.runner import Runner
+from headway.server.settings import ServerSettings, load_or_create_tokens
+from headway.store import Store
+
+log = logging.getLogger("headway.server")
+
+
+class BodyLimit:
+    """Refuse request bodies over the limit (413) before a handler reads them."""
+
+    def __init__(self, app: ASGIApp, json_limit: int, artifact_limit: int) -> None:
+        self.app = app
+        self.json_limit = json_limit
+        self.artifact_limit = artifact_limit
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        limit = self.artifact_limit if scope["path"] == "/api/v1/artifacts" else self.json_limit
+        declared = dict(scope.get("headers", [])).get(b"content-length")
+        if declared is not None and declared.isdigit() and int(declared) > limit:
+            await _problem(413, "too_large", f"the request body is over {limit} bytes")(scope, receive, send)
+            return
+        seen = 0
+
+        async def limited() -> Message:
+            nonlocal seen
+            message = await receive()
+            if message["type"] == "http.request":
+                seen += len(message.get("body", b""))
+                if seen > limit:
+                    raise _TooLarge(limit)
+            return message
+
+        try:
+            await self.app(scope, limited, send)
+        except _TooLarge:
+            await _problem(413, "too_large", f"the request body is over {limit} bytes")(scope, receive, send)
+
+
+class _TooLarge(Exception):
+    def __init__(self, limit: int) -> None:
+        super().__init__(f"body over {limit} bytes")
+
+
+def _problem(status: int, kind: str, message: str, hint: str = "") -> JSONResponse:
+    return JSONResponse({"error": kind, "message": message, "hint": hint}, status_code=status)
+
+
+def create_app(
+    settings: ServerSettings, *, clock: Clock | None = None, store: Store | None = None
+) -> FastAPI:
+    clock = clock or SystemClock()
+
+    @contextlib.asynccontextmanager
+    async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+        settings.state_dir.mkdir(parents=True, exist_ok=True)
+        the_store = store or Store(settings.db_url)
+        the_store.migrate()
+        hub = AgentHub()
+        runner = Runner(the_store, hub, clock, reconnect_grace=settings.reconnect_grace)
+        app.state.headway = ServerContext(
+            settings=settings,
+            store=the_store,
+            runner=runner,
+            hub=hub,
+            artifacts=ArtifactFiles(settings.artifact_dir, settings.max_artifact_bytes),
+            tokens=load_or_create_tokens(settings),
+            clock=clock,
+        )
+        task = asyncio.create_task(runner.run(), name="headway-runner")
+        log.info("headway server ready (database %s)", settings.db_url.split("@")[-1])
+        try:
+            yield
+        finally:
+            task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await task
+            for session in list(hub.sessions.values()):
+                await session.close()
+            the_store.close()
+
+    app = FastAPI(
+        title="Headway",
+        version=headway.__version__,
+        summary="Upgrade fleets of servers with no downtime, verification and rollback.",
+        lifespan=lifespan,
+    )
+
+    @app.exception_handler(HeadwayError)
+    async def headway_error(request: Request, error: HeadwayError) -> JSONResponse:
+        return _problem(error.status_code, error.kind, error.message, error.hint)
+
+    @app.exception_handler(RequestValidationError)
+    async def invalid_request(request: Request, error: RequestValidationError) -> JSONResponse:
+        parts = []
+        for item in error.errors():
+            where = ".".join(str(p) for p in item["loc"] if p != "body") or "body"
+            message = str(item["msg"]).removeprefix("Value error, ")
+            if item["type"] == "extra_forbidden":
+                message = "unknown field"
+            parts.append(f"{where}: {message}")
+        return _problem(422, "invalid", "; ".join(parts), "fix the fields named; see GET /docs for the API")
+
+    @app.get("/healthz", include_in_schema=False)
+    def healthz() -> dict[str, str]:
+        return {"status": "ok", "version": headway.__version__}
+
+    app.include_router(router)
+    app.add_api_websocket_route(CHANNEL_PATH, agent_channel)
+    app.add_middleware(
+        BodyLimit,
+        json_limit=settings.max_json_bytes,
+        artifact_limit=settings.max_artifact_bytes,
+    )
+    return app

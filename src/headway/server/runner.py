@@ -1,0 +1,636 @@
+"""The driver: the one impure loop around the engine.
+
+Every change that involves hosts or rollouts goes through one queue and is
+handled in batches: load, step the engine, then persist the new state, the
+audit events, the hosts' desired state and the outbox of actions in one
+transaction; only after the commit are agents told (the outbox is then
+marked done). A crash between commit and execution repeats the pushes on
+restart, which is harmless: desired state is level-triggered and each
+`SetDesired` carries a generation. If the database fails, the in-memory
+rollout states are thrown away and reloaded: nothing advances on state that
+was not stored (reliability 4).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import uuid
+from collections.abc import Iterable
+from dataclasses import dataclass, field
+from typing import Any
+
+from headway.clock import Clock
+from headway.domain.models import HostView, Release, RolloutStatus, RolloutSummary
+from headway.domain.spec import ServiceSpec
+from headway.engine import machine
+from headway.engine.actions import Action, RecordEvent, SetDesired, SetServiceRelease
+from headway.engine.events import Command, EngineEvent, HostObserved, OperatorCommand, Tick
+from headway.engine.state import RolloutState
+from headway.errors import Conflict, HeadwayError, NotFound, StoreUnavailable
+from headway.protocol.messages import Desired, DesiredRelease, Observation
+from headway.server.hub import AgentHub
+from headway.store import NewEvent, OutboxItem, Store, Tx
+
+log = logging.getLogger("headway.runner")
+
+BATCH_LIMIT = 5000
+
+
+# ------------------------------------------------------------------ requests
+
+
+@dataclass
+class _Request:
+    reply: asyncio.Future[Any] | None = field(default=None, kw_only=True)
+
+
+@dataclass
+class HostHello(_Request):
+    host: str
+    service: str
+    address: str
+    labels: dict[str, str]
+    observed: Observation
+
+
+@dataclass
+class HostReport(_Request):
+    host: str
+    observed: Observation
+
+
+@dataclass
+class HostGone(_Request):
+    host: str
+
+
+@dataclass
+class StartRollout(_Request):
+    service: str
+    to_release: int | None
+    actor: str
+    note: str = ""
+
+
+@dataclass
+class RolloutCommand(_Request):
+    rollout_id: str
+    command: Command
+    actor: str
+    reason: str = ""
+
+
+@dataclass
+class ServiceRollback(_Request):
+    service: str
+    actor: str
+    reason: str = ""
+
+
+@dataclass
+class ReleaseCreated(_Request):
+    service: str
+    number: int
+
+
+Request = HostHello | HostReport | HostGone | StartRollout | RolloutCommand | ServiceRollback | ReleaseCreated
+
+
+# -------------------------------------------------------------------- runner
+
+
+class Runner:
+    def __init__(self, store: Store, hub: AgentHub, clock: Clock, *, reconnect_grace: float) -> None:
+        self.store = store
+        self.hub = hub
+        self.clock = clock
+        self.reconnect_grace = reconnect_grace
+        self.queue: asyncio.Queue[Request] = asyncio.Queue()
+        self.states: dict[str, RolloutState] = {}  # active rollouts by id
+        self.by_service: dict[str, str] = {}
+        self.host_service: dict[str, str] = {}
+        self.connected_since_start: set[str] = set()
+        self._release_cache: dict[tuple[str, int], Release] = {}
+        self._service_cache: dict[str, ServiceSpec] = {}
+        self._started_at = 0.0
+        self._grace_done = False
+        self.ready = asyncio.Event()
+
+    # ---------------------------------------------------------------- public
+
+    async def call(self, request: Request) -> Any:
+        """Queue a request and wait for its result (or its error)."""
+        request.reply = asyncio.get_running_loop().create_future()
+        await self.queue.put(request)
+        return await request.reply
+
+    def submit(self, request: Request) -> None:
+        self.queue.put_nowait(request)
+
+    def forget_service_spec(self, name: str) -> None:
+        self._service_cache.pop(name, None)
+
+    def state_of(self, rollout_id: str) -> RolloutState | None:
+        return self.states.get(rollout_id)
+
+    async def run(self) -> None:
+        self._started_at = self.clock.now()
+        while True:
+            try:
+                self._recover()
+                break
+            except StoreUnavailable as error:
+                log.error("cannot load rollouts: %s; retrying in 2s", error)
+                await asyncio.sleep(2)
+        self.ready.set()
+        while True:
+            batch = await self._next_batch()
+            try:
+                self._handle(batch)
+            except StoreUnavailable as error:
+                log.error("database unavailable, nothing advanced: %s", error)
+                self._fail_requests(batch, error)
+                await self._reload_after_failure()
+            except Exception as error:  # a bug: never lose the loop, never half-apply
+                log.exception("runner batch failed; reloading stored state")
+                self._fail_requests(
+                    batch, HeadwayError(f"internal error: {error}", hint="see the server log")
+                )
+                await self._reload_after_failure()
+
+    # -------------------------------------------------------------- plumbing
+
+    async def _next_batch(self) -> list[Request]:
+        timeout = self._seconds_to_next_deadline()
+        batch: list[Request] = []
+        try:
+            if timeout is None:
+                batch.append(await self.queue.get())
+            elif timeout > 0:
+                batch.append(await asyncio.wait_for(self.queue.get(), timeout))
+        except TimeoutError:
+            pass
+        while len(batch) < BATCH_LIMIT and not self.queue.empty():
+            batch.append(self.queue.get_nowait())
+        return batch
+
+    def _seconds_to_next_deadline(self) -> float | None:
+        deadlines = [d for s in self.states.values() if (d := machine.next_deadline(s)) is not None]
+        if not self._grace_done and self.states:
+            deadlines.append(self._started_at + self.reconnect_grace)
+        if not deadlines:
+            return None
+        return max(0.0, min(deadlines) - self.clock.now())
+
+    def _fail_requests(self, batch: Iterable[Request], error: Exception) -> None:
+        for request in batch:
+            if request.reply is not None and not request.reply.done():
+                request.reply.set_exception(error)
+
+    async def _reload_after_failure(self) -> None:
+        while True:
+            await asyncio.sleep(1)
+            try:
+                self._recover()
+                return
+            except StoreUnavailable as error:
+                log.error("database still unavailable: %s", error)
+
+    def _recover(self) -> None:
+        """Load active rollouts from the store and re-run the pending outbox."""
+        self.states.clear()
+        self.by_service.clear()
+        self._release_cache.clear()
+        self._service_cache.clear()
+        with self.store.tx() as tx:
+            for summary, raw in tx.active_rollouts():
+                try:
+                    state = RolloutState.from_dict(raw)
+                except Exception as error:  # a bad record must not stop the server
+                    log.error("rollout %s has unreadable state (%s); marking it failed", summary.id, error)
+                    tx.save_rollout(
+                        summary.model_copy(
+                            update={
+                                "status": RolloutStatus.FAILED,
+                                "reason": f"stored state unreadable: {error}",
+                                "updated_at": self.clock.now(),
+                            }
+                        ),
+                        raw,
+                    )
+                    continue
+                self.states[state.rollout_id] = state
+                self.by_service[state.service] = state.rollout_id
+            for host in tx.list_hosts():
+                self.host_service[host.name] = host.service
+            pending = tx.pending_outbox()
+        self._execute(pending)
+
+    # -------------------------------------------------------------- handling
+
+    def _handle(self, batch: list[Request]) -> None:
+        now = self.clock.now()
+        changed: dict[str, list[Action]] = {}
+        results: list[tuple[Request, Any]] = []
+        outbox: list[OutboxItem] = []
+        pushes: list[str] = []  # hosts whose desired state changed outside the engine
+        with self.store.tx() as tx:
+            for request in batch:
+                try:
+                    result = self._apply(tx, request, now, changed, pushes)
+                    results.append((request, result))
+                except HeadwayError as error:
+                    results.append((request, error))
+            if not self._grace_done and now >= self._started_at + self.reconnect_grace:
+                self._grace_done = True
+                self._mark_absent_hosts(tx, now, changed)
+            for rollout_id, state in list(self.states.items()):
+                deadline = machine.next_deadline(state)
+                if deadline is not None and deadline <= now:
+                    decision = machine.step(state, Tick(), now)
+                    changed.setdefault(rollout_id, []).extend(decision.actions)
+            for rollout_id, actions in changed.items():
+                outbox.extend(self._persist(tx, rollout_id, actions, now))
+            if outbox:
+                tx.add_outbox(outbox)
+            desired_now = {h: self._desired_message(tx, h) for h in pushes}
+        # committed: act, then answer
+        for host, message in desired_now.items():
+            if message is not None:
+                self.hub.push(host, message)
+        self._execute(outbox)
+        for request, result in results:
+            if request.reply is None or request.reply.done():
+                continue
+            if isinstance(result, BaseException):
+                request.reply.set_exception(result)
+            else:
+                request.reply.set_result(result)
+
+    def _apply(
+        self,
+        tx: Tx,
+        request: Request,
+        now: float,
+        changed: dict[str, list[Action]],
+        pushes: list[str],
+    ) -> Any:
+        if isinstance(request, HostReport):
+            return self._observe(tx, request.host, request.observed, True, now, changed)
+        if isinstance(request, HostHello):
+            return self._hello(tx, request, now, changed, pushes)
+        if isinstance(request, HostGone):
+            view = tx.get_host(request.host)
+            tx.set_disconnected(request.host, now)
+            observation = Observation(
+                release=view.observed_release,
+                generation=view.observed_generation,
+                health=view.health,
+            )
+            return self._feed_engine(request.host, observation, False, now, changed)
+        if isinstance(request, StartRollout):
+            return self._start(tx, request, now, changed)
+        if isinstance(request, RolloutCommand):
+            return self._command(request, now, changed)
+        if isinstance(request, ServiceRollback):
+            return self._service_rollback(tx, request, now, changed)
+        if isinstance(request, ReleaseCreated):
+            return self._release_created(tx, request, now, pushes)
+        raise AssertionError(f"unknown request {request!r}")
+
+    def _observe(
+        self,
+        tx: Tx,
+        host: str,
+        observed: Observation,
+        connected: bool,
+        now: float,
+        changed: dict[str, list[Action]],
+    ) -> None:
+        tx.record_observation(
+            host, observed.release, observed.generation, observed.health, observed.detail, now
+        )
+        self._feed_engine(host, observed, connected, now, changed)
+
+    def _feed_engine(
+        self,
+        host: str,
+        observed: Observation,
+        connected: bool,
+        now: float,
+        changed: dict[str, list[Action]],
+    ) -> None:
+        service = self.host_service.get(host)
+        rollout_id = self.by_service.get(service) if service else None
+        if rollout_id is None:
+            return
+        state = self.states[rollout_id]
+        event = HostObserved(
+            host=host,
+            release=observed.release,
+            generation=observed.generation,
+            health=observed.health,
+            connected=connected,
+            detail=observed.detail,
+        )
+        decision = machine.step(state, event, now)
+        # saved even without actions: the observation itself changed the state
+        changed.setdefault(rollout_id, []).extend(decision.actions)
+
+    def _hello(
+        self,
+        tx: Tx,
+        request: HostHello,
+        now: float,
+        changed: dict[str, list[Action]],
+        pushes: list[str],
+    ) -> Desired:
+        view = tx.upsert_host(request.host, request.service, request.address, request.labels, now)
+        self.host_service[request.host] = request.service
+        self.connected_since_start.add(request.host)
+        tx.record_observation(
+            request.host,
+            request.observed.release,
+            request.observed.generation,
+            request.observed.health,
+            request.observed.detail,
+            now,
+        )
+        rollout_id = self.by_service.get(request.service)
+        if rollout_id is None and view.desired_release is None:
+            current = self._current_release(tx, request.service)
+            if current is not None:
+                tx.set_host_desired(request.host, current, view.generation + 1)
+                tx.append_events(
+                    [
+                        NewEvent(
+                            ts=now,
+                            kind="host.assigned",
+                            message=f"{request.host} joined; it runs the current release v{current}",
+                            service=request.service,
+                            host=request.host,
+                        )
+                    ]
+                )
+        self._feed_engine(request.host, request.observed, True, now, changed)
+        message = self._desired_message(tx, request.host)
+        assert message is not None
+        return message
+
+    def _current_release(self, tx: Tx, service: str) -> int | None:
+        try:
+            return tx.service_current_release(service)
+        except NotFound:
+            return None
+
+    def _mark_absent_hosts(self, tx: Tx, now: float, changed: dict[str, list[Action]]) -> None:
+        """After a restart, hosts whose agents did not come back count as disconnected."""
+        for state in self.states.values():
+            for name, track in state.hosts.items():
+                if name not in self.connected_since_start and track.connected:
+                    observation = Observation(
+                        release=track.observed_release,
+                        generation=track.observed_generation,
+                        health=track.health,
+                    )
+                    decision = machine.step(
+                        state,
+                        HostObserved(
+                            name,
+                            observation.release,
+                            observation.generation,
+                            observation.health,
+                            connected=False,
+                        ),
+                        now,
+                    )
+                    changed.setdefault(state.rollout_id, []).extend(decision.actions)
+
+    def _start(
+        self, tx: Tx, request: StartRollout, now: float, changed: dict[str, list[Action]]
+    ) -> RolloutSummary:
+        spec = tx.get_service(request.service)
+        if request.service in self.by_service:
+            raise Conflict(
+                f"service {request.service} already has an active rollout "
+                f"({self.by_service[request.service]})",
+                hint="wait for it to end, or `headway rollout abort ID` first",
+            )
+        releases = tx.list_releases(request.service)
+        if not releases:
+            raise NotFound(
+                f"service {request.service} has no releases",
+                hint=f"create one with `headway release create {request.service} --artifact FILE`",
+            )
+        target = request.to_release or releases[-1].number
+        tx.get_release(request.service, target)  # NotFound with the versions that exist
+        current = self._current_release(tx, request.service)
+        hosts = tx.list_hosts(request.service)
+        if current == target and all(h.desired_release == target for h in hosts):
+            raise Conflict(
+                f"every host of {request.service} already runs v{target}",
+                hint="create a new release first (`headway release create`)",
+            )
+        return self._begin(tx, spec, hosts, current, target, request.actor, now, changed)
+
+    def _begin(
+        self,
+        tx: Tx,
+        spec: ServiceSpec,
+        hosts: list[HostView],
+        current: int | None,
+        target: int,
+        actor: str,
+        now: float,
+        changed: dict[str, list[Action]],
+    ) -> RolloutSummary:
+        rollout_id = f"{spec.name}-v{target}-{uuid.uuid4().hex[:6]}"
+        decision = machine.new_rollout(
+            rollout_id=rollout_id,
+            service=spec.name,
+            from_release=current,
+            to_release=target,
+            strategy=spec.strategy,
+            hosts=hosts,
+            now=now,
+            actor=actor,
+        )
+        summary = self._summary(decision.state, now, actor)
+        tx.create_rollout(summary, decision.state.to_dict())
+        self.states[rollout_id] = decision.state
+        self.by_service[spec.name] = rollout_id
+        changed.setdefault(rollout_id, []).extend(decision.actions)
+        return summary
+
+    def _command(
+        self, request: RolloutCommand, now: float, changed: dict[str, list[Action]]
+    ) -> RolloutSummary:
+        state = self.states.get(request.rollout_id)
+        if state is None:
+            raise Conflict(
+                f"rollout {request.rollout_id} is not active",
+                hint="see `headway rollout status` for the rollouts of a service",
+            )
+        event: EngineEvent = OperatorCommand(request.command, request.actor, request.reason)
+        decision = machine.step(state, event, now)
+        changed.setdefault(state.rollout_id, []).extend(decision.actions)
+        return self._summary(state, now, "")
+
+    def _service_rollback(
+        self, tx: Tx, request: ServiceRollback, now: float, changed: dict[str, list[Action]]
+    ) -> RolloutSummary:
+        rollout_id = self.by_service.get(request.service)
+        if rollout_id is not None:
+            return self._command(
+                RolloutCommand(rollout_id, Command.ROLLBACK, request.actor, request.reason),
+                now,
+                changed,
+            )
+        spec = tx.get_service(request.service)
+        current = self._current_release(tx, request.service)
+        previous = next(
+            (
+                r.from_release
+                for r in tx.list_rollouts(request.service, limit=100)
+                if r.status is RolloutStatus.SUCCEEDED
+                and r.to_release == current
+                and r.from_release is not None
+            ),
+            None,
+        )
+        if current is None or previous is None:
+            raise Conflict(
+                f"service {request.service} has no earlier release to roll back to",
+                hint="a rollback needs a rollout that succeeded from an earlier release",
+            )
+        hosts = tx.list_hosts(request.service)
+        return self._begin(tx, spec, hosts, current, previous, request.actor, now, changed)
+
+    def _release_created(self, tx: Tx, request: ReleaseCreated, now: float, pushes: list[str]) -> None:
+        """The first release of a service becomes current; idle hosts get it at once."""
+        if self._current_release(tx, request.service) is not None:
+            return
+        tx.set_service_current_release(request.service, request.number)
+        assigned = []
+        for host in tx.list_hosts(request.service):
+            if host.desired_release is None:
+                tx.set_host_desired(host.name, request.number, host.generation + 1)
+                pushes.append(host.name)
+                assigned.append(host.name)
+        tx.append_events(
+            [
+                NewEvent(
+                    ts=now,
+                    kind="service.initial_release",
+                    message=f"v{request.number} is the first release of {request.service}; "
+                    f"{len(assigned)} idle host(s) install it",
+                    service=request.service,
+                )
+            ]
+        )
+
+    # ----------------------------------------------------------- persistence
+
+    def _persist(self, tx: Tx, rollout_id: str, actions: list[Action], now: float) -> list[OutboxItem]:
+        state = self.states[rollout_id]
+        events: list[NewEvent] = []
+        outbox: list[OutboxItem] = []
+        for action in actions:
+            if isinstance(action, RecordEvent):
+                events.append(
+                    NewEvent(
+                        ts=now,
+                        kind=action.kind,
+                        message=action.message,
+                        service=state.service,
+                        rollout_id=rollout_id,
+                        host=action.host,
+                        actor=action.actor,
+                    )
+                )
+            elif isinstance(action, SetDesired):
+                tx.set_host_desired(action.host, action.release, action.generation)
+                outbox.append(
+                    OutboxItem(
+                        action_id=action.action_id,
+                        rollout_id=rollout_id,
+                        payload={
+                            "type": "set_desired",
+                            "host": action.host,
+                            "release": action.release,
+                            "generation": action.generation,
+                        },
+                    )
+                )
+            elif isinstance(action, SetServiceRelease):
+                tx.set_service_current_release(action.service, action.release)
+        if events:
+            tx.append_events(events)
+        tx.save_rollout(self._summary(state, now, ""), state.to_dict())
+        if state.phase.terminal:
+            del self.states[rollout_id]
+            if self.by_service.get(state.service) == rollout_id:
+                del self.by_service[state.service]
+        return outbox
+
+    def _summary(self, state: RolloutState, now: float, actor: str) -> RolloutSummary:
+        counts = machine.progress(state)
+        return RolloutSummary(
+            id=state.rollout_id,
+            service=state.service,
+            from_release=state.from_release,
+            to_release=state.to_release,
+            strategy=state.strategy,
+            status=state.phase,
+            reason=state.reason or state.blocked,
+            step=counts["step"],
+            steps=counts["steps"],
+            hosts_total=counts["hosts_total"],
+            hosts_done=counts["hosts_done"],
+            hosts_failed=counts["hosts_failed"],
+            created_at=state.created_at,
+            updated_at=now,
+            created_by=actor,
+        )
+
+    # ------------------------------------------------------------- execution
+
+    def _execute(self, items: list[OutboxItem]) -> None:
+        """Carry out committed actions: tell connected agents their new desired state."""
+        if not items:
+            return
+        done: list[str] = []
+        with self.store.tx() as tx:
+            for item in items:
+                if item.payload.get("type") == "set_desired":
+                    host = str(item.payload["host"])
+                    message = self._desired_message(tx, host)
+                    if message is not None:
+                        self.hub.push(host, message)
+                done.append(item.action_id)
+            tx.mark_done(done)
+
+    def _desired_message(self, tx: Tx, host_name: str) -> Desired | None:
+        try:
+            host = tx.get_host(host_name)
+        except NotFound:
+            return None
+        spec = self._service_cache.get(host.service)
+        if spec is None:
+            try:
+                spec = tx.get_service(host.service)
+            except NotFound:
+                return Desired(generation=host.generation, release=None, service=None)
+            self._service_cache[host.service] = spec
+        release_msg = None
+        if host.desired_release is not None:
+            key = (host.service, host.desired_release)
+            release = self._release_cache.get(key)
+            if release is None:
+                release = tx.get_release(host.service, host.desired_release)
+                self._release_cache[key] = release
+            release_msg = DesiredRelease(
+                number=release.number, artifact=release.artifact, params=release.params
+            )
+        return Desired(generation=host.generation, release=release_msg, service=spec)

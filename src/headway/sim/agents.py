@@ -1,0 +1,118 @@
+"""Simulated agents that speak the real protocol over real WebSockets.
+
+They install nothing: on a new desired release they wait ``restart_time``
+(a simulated restart), then report healthy on it, or failed when the
+release's parameters say so (``SIM_FAIL=1``) or the host is in
+``failing_hosts``. Used by server tests and by `bench/scale.py`.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import random
+from collections.abc import Callable
+from dataclasses import dataclass, field
+
+from websockets.asyncio.client import ClientConnection, connect
+
+from headway.domain.models import Health
+from headway.protocol.messages import (
+    CHANNEL_PATH,
+    Desired,
+    Hello,
+    Observation,
+    Report,
+    Welcome,
+    server_message,
+)
+
+
+@dataclass
+class SimAgentConfig:
+    server: str                      # http://127.0.0.1:7400
+    token: str
+    service: str
+    restart_time: float = 0.05
+    failing_hosts: frozenset[str] = frozenset()
+    jitter: float = 0.0              # extra random restart time, seconds
+    seed: int = 0
+
+
+@dataclass
+class SimAgent:
+    name: str
+    address: str
+    config: SimAgentConfig
+    release: int | None = None
+    generation: int = 0
+    health: Health = Health.UNKNOWN
+    restarts: int = 0
+    desired_seen: list[tuple[int | None, int]] = field(default_factory=list)
+    on_applied: Callable[[SimAgent, int], None] | None = None
+    connected: asyncio.Event = field(default_factory=asyncio.Event)
+
+    def observation(self) -> Observation:
+        return Observation(release=self.release, generation=self.generation, health=self.health)
+
+    async def run(self) -> None:
+        """Connect (and reconnect) until cancelled."""
+        url = self.config.server.replace("http://", "ws://", 1) + CHANNEL_PATH
+        rng = random.Random(f"{self.config.seed}:{self.name}")
+        while True:
+            try:
+                async with connect(
+                    url,
+                    additional_headers={"Authorization": f"Bearer {self.config.token}"},
+                    local_addr=(self.address, 0),
+                    open_timeout=30,
+                    ping_interval=None,
+                    max_queue=4,
+                ) as ws:
+                    await self._session(ws, rng)
+            except asyncio.CancelledError:
+                raise
+            except Exception:
+                self.connected.clear()
+                await asyncio.sleep(0.2 + rng.random() * 0.5)
+
+    async def _session(self, ws: ClientConnection, rng: random.Random) -> None:
+        hello = Hello(
+            host=self.name,
+            address=self.address,
+            labels={"service": self.config.service},
+            observed=self.observation(),
+        )
+        await ws.send(hello.model_dump_json())
+        work: asyncio.Task[None] | None = None
+        try:
+            async for frame in ws:
+                message = server_message.validate_json(frame)
+                if isinstance(message, Welcome):
+                    self.connected.set()
+                elif isinstance(message, Desired):
+                    if work is not None:
+                        work.cancel()
+                    work = asyncio.create_task(self._converge(ws, message, rng))
+        finally:
+            if work is not None:
+                work.cancel()
+                with contextlib.suppress(BaseException):
+                    await work
+
+    async def _converge(self, ws: ClientConnection, desired: Desired, rng: random.Random) -> None:
+        number = desired.release.number if desired.release else None
+        self.desired_seen.append((number, desired.generation))
+        if number != self.release:
+            self.health = Health.STARTING
+            await ws.send(Report(observed=self.observation()).model_dump_json())
+            await asyncio.sleep(self.config.restart_time + rng.random() * self.config.jitter)
+            self.restarts += 1
+            self.release = number
+        params = desired.release.params if desired.release else {}
+        fails = self.name in self.config.failing_hosts or params.get("SIM_FAIL") == "1"
+        self.health = Health.FAILED if fails and number is not None else Health.HEALTHY
+        self.generation = desired.generation
+        await ws.send(Report(observed=self.observation()).model_dump_json())
+        if self.on_applied is not None:
+            self.on_applied(self, desired.generation)
