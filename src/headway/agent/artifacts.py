@@ -1,0 +1,288 @@
+"""Release tarballs on the host: fetch and verify, keep a cache, stage into release directories.
+
+    state_dir/artifacts/<sha256 hex>.tar.gz   verified downloads (reused on rollback)
+    state_dir/releases/v<N>-<hex12>/          extracted releases; the newest few are kept
+
+A download streams into a ``.part`` file, hashing as it goes; it never
+reads past the size the release declares and must finish within a time
+bound. Only a file whose size and digest match becomes a cache entry.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import hashlib
+import os
+import posixpath
+import shutil
+import tarfile
+import zlib
+from pathlib import Path
+from urllib.parse import urlsplit
+
+import httpx
+
+from headway.agent.target import Target, release_dir_name
+from headway.clock import Clock
+from headway.domain.models import ArtifactRef
+from headway.errors import ArtifactError, ServerUnreachable
+
+KEEP_RELEASES = 3
+MIN_RATE = 256 * 1024          # bytes/s a download must average (on top of BASE_TIME)
+BASE_TIME = 30.0               # seconds any download may take
+MAX_UNPACKED = 4 << 30         # bytes a release may unpack to
+
+
+def download_deadline(size: int) -> float:
+    """Seconds a download of ``size`` bytes may take: 30 s plus 256 KiB/s."""
+    return BASE_TIME + size / MIN_RATE
+
+
+class ArtifactCache:
+    def __init__(self, state_dir: Path, server: str, token: str, clock: Clock) -> None:
+        self.artifacts = state_dir / "artifacts"
+        self.releases = state_dir / "releases"
+        self.server = server.rstrip("/")
+        self.token = token
+        self.clock = clock
+        self.downloads = 0           # completed fetches from the network (for logs and tests)
+
+    # ---- fetch ---------------------------------------------------------------------------
+
+    def url_for(self, ref: ArtifactRef) -> str:
+        if not ref.url:
+            return f"{self.server}/api/v1/artifacts/{ref.digest}"
+        if ref.url.startswith("/"):
+            return self.server + ref.url
+        return ref.url
+
+    def cached_path(self, ref: ArtifactRef) -> Path:
+        return self.artifacts / f"{ref.digest.removeprefix('sha256:')}.tar.gz"
+
+    def _verified(self, path: Path, ref: ArtifactRef) -> bool:
+        try:
+            if path.stat().st_size != ref.size:
+                return False
+            digest = hashlib.sha256()
+            with path.open("rb") as handle:
+                for chunk in iter(lambda: handle.read(1 << 20), b""):
+                    digest.update(chunk)
+        except OSError:
+            return False
+        return f"sha256:{digest.hexdigest()}" == ref.digest
+
+    async def fetch(self, ref: ArtifactRef, what: str) -> Path:
+        """The verified tarball for ``ref``, from the cache or the network.
+
+        Raises `ArtifactError` for a definitive failure (digest mismatch,
+        truncation, oversize, too slow, refused) and `ServerUnreachable` when
+        the source cannot be reached right now (worth retrying).
+        """
+        path = self.cached_path(ref)
+        if await asyncio.to_thread(self._verified, path, ref):
+            return path
+        with contextlib.suppress(FileNotFoundError):
+            path.unlink()
+        self.artifacts.mkdir(parents=True, exist_ok=True)
+        part = path.with_name(f"{path.name}.{os.getpid()}.part")
+        deadline = download_deadline(ref.size)
+        try:
+            async with asyncio.timeout(deadline):
+                await self._download(ref, part, what)
+        except TimeoutError:
+            part.unlink(missing_ok=True)
+            raise ArtifactError(
+                f"artifact for {what} did not arrive within {deadline:.0f}s "
+                f"({ref.size} bytes); the download was abandoned",
+                hint="check the artifact source's speed, or publish a smaller artifact",
+            ) from None
+        except BaseException:
+            part.unlink(missing_ok=True)
+            raise
+        os.replace(part, path)
+        self.downloads += 1
+        return path
+
+    async def _download(self, ref: ArtifactRef, part: Path, what: str) -> None:
+        url = self.url_for(ref)
+        headers = {"Accept-Encoding": "identity"}
+        if _same_origin(url, self.server) and self.token:
+            headers["Authorization"] = f"Bearer {self.token}"   # never leak it to other hosts
+        hasher = hashlib.sha256()
+        received = 0
+        timeout = httpx.Timeout(10.0, read=30.0)
+        try:
+            async with (
+                httpx.AsyncClient(timeout=timeout, follow_redirects=False) as client,
+                client.stream("GET", url, headers=headers) as response,
+            ):
+                if response.status_code >= 500:
+                    raise ServerUnreachable(
+                        f"artifact source answered HTTP {response.status_code} for {what}",
+                        hint="the agent retries; check the server's log",
+                    )
+                if response.status_code != 200:
+                    hint = "check --token" if response.status_code in (401, 403) else ""
+                    raise ArtifactError(
+                        f"artifact for {what} cannot be fetched: HTTP {response.status_code} "
+                        f"from {url}",
+                        hint=hint or "check that the release's artifact still exists",
+                    )
+                declared = response.headers.get("content-length", "")
+                if declared.isdigit() and int(declared) > ref.size:
+                    raise _oversize(what, ref, int(declared))
+                with part.open("wb") as handle:
+                    async for chunk in response.aiter_bytes():
+                        received += len(chunk)
+                        if received > ref.size:
+                            raise _oversize(what, ref, received)
+                        hasher.update(chunk)
+                        handle.write(chunk)
+                    handle.flush()
+                    os.fsync(handle.fileno())
+        except (httpx.ConnectError, httpx.ConnectTimeout) as error:
+            raise ServerUnreachable(
+                f"artifact source {url} unreachable for {what}: {error or type(error).__name__}",
+                hint="the agent retries",
+            ) from None
+        except httpx.HTTPError as error:
+            raise ArtifactError(
+                f"artifact for {what} truncated or broken in transit after {received} of "
+                f"{ref.size} bytes ({error or type(error).__name__}); digest mismatch assumed",
+                hint="the agent will not run it; check the artifact source",
+            ) from None
+        if received != ref.size:
+            raise ArtifactError(
+                f"artifact for {what} truncated: got {received} of {ref.size} bytes; "
+                "digest mismatch",
+                hint="the agent will not run it; check the artifact source",
+            )
+        actual = f"sha256:{hasher.hexdigest()}"
+        if actual != ref.digest:
+            raise ArtifactError(
+                f"artifact for {what} digest mismatch: expected {ref.digest}, got {actual}",
+                hint="the artifact was altered or corrupted; republish it as a new release",
+            )
+
+    # ---- stage ---------------------------------------------------------------------------
+
+    def release_dir(self, target: Target) -> Path:
+        return self.releases / target.dir_name
+
+    def is_staged(self, target: Target) -> bool:
+        return self.release_dir(target).is_dir()
+
+    def stage(self, target: Target, tarball: Path) -> Path:
+        """Extract ``tarball`` into the release directory (once; an existing one is reused)."""
+        final = self.release_dir(target)
+        if final.is_dir():
+            return final
+        self.releases.mkdir(parents=True, exist_ok=True)
+        tmp = self.releases / f".staging-{target.dir_name}-{os.getpid()}"
+        shutil.rmtree(tmp, ignore_errors=True)
+        tmp.mkdir()
+        try:
+            safe_extract(tarball, tmp, f"v{target.number}")
+            os.replace(tmp, final)
+        finally:
+            shutil.rmtree(tmp, ignore_errors=True)
+        return final
+
+    def touch(self, path: Path) -> None:
+        with contextlib.suppress(OSError):
+            os.utime(path)
+
+    def prune(self, keep: set[str]) -> None:
+        """Keep the `KEEP_RELEASES` newest release directories (and ``keep``), drop the rest."""
+        if not self.releases.is_dir():
+            return
+        dirs = [p for p in self.releases.iterdir() if p.is_dir() and not p.name.startswith(".")]
+        dirs.sort(key=lambda p: p.stat().st_mtime, reverse=True)
+        kept = {p.name for p in dirs[:KEEP_RELEASES]} | keep
+        for path in dirs:
+            if path.name not in kept:
+                shutil.rmtree(path, ignore_errors=True)
+        prefixes = {name.partition("-")[2] for name in kept}
+        if self.artifacts.is_dir():
+            for file in self.artifacts.iterdir():
+                if file.name.endswith(".tar.gz") and file.name[:12] not in prefixes:
+                    file.unlink(missing_ok=True)
+
+    def clean_partials(self) -> None:
+        """Remove half-made downloads and stagings a crash left behind."""
+        if self.artifacts.is_dir():
+            for file in self.artifacts.glob("*.part"):
+                file.unlink(missing_ok=True)
+        if self.releases.is_dir():
+            for path in self.releases.glob(".staging-*"):
+                shutil.rmtree(path, ignore_errors=True)
+
+
+def _oversize(what: str, ref: ArtifactRef, seen: int) -> ArtifactError:
+    return ArtifactError(
+        f"artifact for {what} is larger than its declared {ref.size} bytes (at least {seen}); "
+        "digest mismatch assumed, download abandoned",
+        hint="the artifact source serves a different file; republish the release",
+    )
+
+
+def _same_origin(url: str, server: str) -> bool:
+    a, b = urlsplit(url), urlsplit(server)
+    return (a.scheme, a.netloc) == (b.scheme, b.netloc)
+
+
+def safe_extract(tarball: Path, dest: Path, what: str = "release") -> None:
+    """Extract into ``dest``, refusing anything that could land outside it.
+
+    Absolute names, ``..`` components, links pointing outside, devices and
+    FIFOs are refused with an `ArtifactError` naming the entry; then the
+    standard library's ``data`` filter extracts (and checks again).
+    """
+    try:
+        with tarfile.open(tarball, "r:*") as tar:
+            members = tar.getmembers()
+            total = 0
+            for member in members:
+                _check_member(member, what)
+                total += max(member.size, 0)
+                if total > MAX_UNPACKED:
+                    raise ArtifactError(
+                        f"artifact for {what} unpacks to more than {MAX_UNPACKED >> 30} GiB",
+                        hint="publish a smaller artifact",
+                    )
+            tar.extractall(dest, members=members, filter="data")
+    except ArtifactError:
+        raise
+    except (tarfile.TarError, EOFError, zlib.error, OSError, ValueError) as error:
+        raise ArtifactError(
+            f"artifact for {what} is not a valid or safe tarball: {error}",
+            hint="build it with 'headway' tooling or plain 'tar czf', relative paths only",
+        ) from None
+
+
+def _check_member(member: tarfile.TarInfo, what: str) -> None:
+    name = member.name
+    parts = [p for p in name.replace("\\", "/").split("/") if p not in ("", ".")]
+    if name.startswith("/") or ".." in parts or not parts:
+        raise ArtifactError(
+            f"artifact for {what} holds an unsafe path {name!r} (absolute or with '..')",
+            hint="tarballs must hold relative paths inside the release",
+        )
+    if member.isdev() or member.isfifo():
+        raise ArtifactError(
+            f"artifact for {what} holds a device or FIFO {name!r}",
+            hint="tarballs may hold only files, directories and links inside the release",
+        )
+    if member.issym() or member.islnk():
+        link = member.linkname
+        base = posixpath.dirname("/".join(parts)) if member.issym() else ""
+        resolved = posixpath.normpath(posixpath.join(base, link))
+        if link.startswith("/") or resolved == ".." or resolved.startswith("../"):
+            raise ArtifactError(
+                f"artifact for {what} holds a link {name!r} -> {link!r} that points outside it",
+                hint="links in a release must stay inside the release",
+            )
+
+
+__all__ = ["ArtifactCache", "download_deadline", "release_dir_name", "safe_extract"]

@@ -1,0 +1,515 @@
+"""The controller: make this host run the newest desired release, and keep it running.
+
+Level-triggered, like a Kubernetes controller. Each pass compares the newest
+`Desired` with what runs and does what is missing:
+
+    same release running      adopt the new generation; no restart
+    another release (or none) switch: fetch -> stage -> stop old -> flip -> start new
+    nothing to switch         supervise: probe health, restart the app if it died
+
+A switch writes the journal before each step. Until the old app is stopped
+a newer `Desired` simply wins (the switch is dropped); from then on the
+switch goes to the end and the next pass moves on to the newer target.
+
+``Observation.generation`` is the generation of the desired state the host
+has converged to: it moves once the release runs and its health check has
+passed, or once the agent has definitively failed it (bad artifact, app
+exiting during start).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+from collections.abc import Coroutine
+from enum import Enum
+from pathlib import Path
+from typing import Any, TypeVar
+
+from headway.agent.appstate import AppRecord, app_id_for, find_app_processes, load_app, save_app
+from headway.agent.artifacts import ArtifactCache
+from headway.agent.executors import (
+    CommandsExecutor,
+    Executor,
+    Launch,
+    ProcessExecutor,
+    StartFailed,
+)
+from headway.agent.files import atomic_symlink
+from headway.agent.health import probe
+from headway.agent.journal import Journal, Step, clear_journal, read_journal, write_journal
+from headway.agent.settings import AgentSettings
+from headway.agent.target import Target, app_env
+from headway.clock import Clock
+from headway.domain.models import Health
+from headway.domain.spec import ExecutorKind
+from headway.errors import ArtifactError, ServerUnreachable
+from headway.protocol.messages import Desired, Observation
+
+log = logging.getLogger("headway.agent")
+
+T = TypeVar("T")
+
+STARTING_TICK = 0.2      # probe this often until the first pass
+IDLE_TICK = 1.0          # look again this often when nothing needs probing
+BACKOFF_MIN = 0.5
+BACKOFF_MAX = 10.0
+
+
+class Outcome(Enum):
+    DONE = "done"                  # the desired state was acted on (converging or failed)
+    SUPERSEDED = "superseded"      # a newer desired state arrived; act on that one
+    RETRY = "retry"                # the artifact source is unreachable; try again later
+
+
+class Signal:
+    """Wakes every task that looked before the change: take `waiter()`, check, then wait."""
+
+    def __init__(self) -> None:
+        self._event = asyncio.Event()
+
+    def fire(self) -> None:
+        self._event.set()
+        self._event = asyncio.Event()
+
+    def waiter(self) -> asyncio.Event:
+        return self._event
+
+
+async def wait_for_event(event: asyncio.Event, timeout: float) -> None:
+    with contextlib.suppress(TimeoutError):
+        async with asyncio.timeout(max(timeout, 0.0)):
+            await event.wait()
+
+
+class Controller:
+    def __init__(
+        self,
+        settings: AgentSettings,
+        clock: Clock,
+        executors: dict[ExecutorKind, Executor] | None = None,
+    ) -> None:
+        self.settings = settings
+        self.clock = clock
+        self.state_dir = settings.state_dir
+        self.app_id = app_id_for(settings.state_dir)
+        self.cache = ArtifactCache(settings.state_dir, settings.server, settings.token, clock)
+        self.process = ProcessExecutor(self.app_id, clock)
+        self.executors: dict[ExecutorKind, Executor] = executors or {
+            ExecutorKind.PROCESS: self.process,
+            ExecutorKind.COMMANDS: CommandsExecutor(),
+        }
+        self.observed = Observation()
+        self.observed_changed = Signal()
+        self.desired_changed = Signal()
+        self._desired: Desired | None = None
+        self._desired_seq = 0
+        self._handled_seq = 0
+        self._retry_at: float | None = None
+        self._fetch_backoff = BACKOFF_MIN
+        self.app: AppRecord | None = None
+        self._generation = 0
+        self._pending: int | None = None   # generation to adopt once healthy
+        self._health = Health.UNKNOWN
+        self._detail = ""
+        self._sticky = False               # FAILED for the desired release; probes keep quiet
+        self._ever_healthy = False         # since the last start
+        self._crash_loop = False           # exited during start; FAILED until a probe passes
+        self._started = 0.0
+        self._restart_at: float | None = None
+        self._backoff = BACKOFF_MIN
+
+    # ---- inputs and outputs ---------------------------------------------------------------
+
+    def offer(self, desired: Desired) -> None:
+        """The server's newest desired state (every message on the channel is newer)."""
+        if desired == self._desired:
+            return
+        self._desired = desired
+        self._desired_seq += 1
+        self._retry_at = None
+        self._fetch_backoff = BACKOFF_MIN
+        self.desired_changed.fire()
+
+    def _publish(self) -> None:
+        observed = Observation(
+            release=self.app.release if self.app else None,
+            generation=self._generation,
+            health=self._health,
+            detail=self._detail,
+        )
+        if observed != self.observed:
+            self.observed = observed
+            self.observed_changed.fire()
+
+    def _set(self, health: Health, detail: str, *, force: bool = False) -> None:
+        if self._sticky and not force:
+            return
+        self._health, self._detail = health, detail
+        self._publish()
+
+    def _converged(self, generation: int) -> None:
+        self._pending = None
+        if generation != self._generation:
+            self._generation = generation
+            if self.app is not None:
+                self.app = self.app.with_(generation=generation)
+                save_app(self.state_dir, self.app)
+            self._publish()
+
+    def _fail(self, generation: int, detail: str) -> None:
+        """Definitively FAILED for this generation: say so until a newer desired state."""
+        log.error("%s", detail)
+        self._set(Health.FAILED, detail, force=True)
+        self._sticky = True
+        self._converged(generation)
+
+    def close(self) -> None:
+        self.process.detach()
+
+    # ---- the loop -------------------------------------------------------------------------
+
+    async def run(self) -> None:
+        await self.recover()
+        while True:
+            desired = self._desired
+            now = self.clock.monotonic()
+            unhandled = desired is not None and self._handled_seq != self._desired_seq
+            if desired is not None and unhandled and (self._retry_at is None or now >= self._retry_at):
+                seq = self._desired_seq
+                outcome = await self.apply(desired, seq)
+                if outcome is Outcome.DONE:
+                    self._handled_seq = seq
+                elif outcome is Outcome.RETRY:
+                    self._retry_at = self.clock.monotonic() + self._fetch_backoff
+                    self._fetch_backoff = min(self._fetch_backoff * 2, BACKOFF_MAX)
+                continue
+            waiter = self.desired_changed.waiter()
+            delay = await self.supervise()
+            if self._retry_at is not None and unhandled:
+                delay = min(delay, self._retry_at - self.clock.monotonic())
+            if self._handled_seq == self._desired_seq or self._retry_at is not None:
+                await wait_for_event(waiter, delay)
+
+    async def apply(self, desired: Desired, seq: int) -> Outcome:
+        if desired.release is None:
+            log.info("desired generation %d names no release; keeping what runs", desired.generation)
+            self._converged(desired.generation)
+            return Outcome.DONE
+        target = Target.from_desired(desired)
+        if target is None:
+            self._fail(
+                desired.generation,
+                f"desired release v{desired.release.number} came without its service spec; "
+                "the agent cannot run it (a server bug: report it)",
+            )
+            return Outcome.DONE
+        app = self.app
+        if app is not None and app.dir_name == target.dir_name and self._running(app):
+            await self._adopt(app, target)
+            return Outcome.DONE
+        return await self._switch(target, seq)
+
+    def _running(self, app: AppRecord) -> bool:
+        return self._restart_at is None and self.executors[app.executor].poll(app.pid) is None
+
+    async def _adopt(self, app: AppRecord, target: Target) -> None:
+        """The release runs already: take the new generation (and spec) without a restart."""
+        log.info("v%d already runs; adopting generation %d", target.number, target.generation)
+        self.app = app.with_(target=target, executor=target.service.run.executor)
+        save_app(self.state_dir, self.app)
+        self._sticky = False
+        if not Path(app.release_dir).is_dir():
+            # Our state directory was deleted under the app: stage the release again, at
+            # the same path, so a later restart finds it.
+            with contextlib.suppress(ArtifactError, ServerUnreachable):
+                tarball = await self.cache.fetch(target.release.artifact, f"v{target.number}")
+                await asyncio.to_thread(self.cache.stage, target, tarball)
+        if self.cache.release_dir(target).is_dir():
+            atomic_symlink(self.state_dir / "current", self.cache.release_dir(target))
+        if self._health is Health.HEALTHY:
+            self._converged(target.generation)
+        else:
+            self._pending = target.generation
+            self._publish()
+
+    async def _unless_superseded(self, work: Coroutine[Any, Any, T], seq: int) -> T | None:
+        """The result of ``work``, or None (and ``work`` cancelled) once a newer desired arrives."""
+        task = asyncio.ensure_future(work)
+        try:
+            while not task.done():
+                waiter = self.desired_changed.waiter()
+                if self._desired_seq != seq:
+                    return None
+                woken = asyncio.ensure_future(waiter.wait())
+                try:
+                    await asyncio.wait({task, woken}, return_when=asyncio.FIRST_COMPLETED)
+                finally:
+                    woken.cancel()
+            return task.result()
+        finally:
+            if not task.done():
+                task.cancel()
+                with contextlib.suppress(asyncio.CancelledError):
+                    await task
+
+    def _journal(self, step: Step, target: Target, previous: AppRecord | None) -> None:
+        write_journal(
+            self.state_dir,
+            Journal(step, target, previous.pid if previous else None,
+                    previous.release if previous else None),
+        )
+
+    async def _switch(self, target: Target, seq: int) -> Outcome:
+        what = f"v{target.number}"
+        previous = self.app
+        self._sticky = False
+        if previous is not None:
+            log.info("switching v%d -> %s (generation %d)", previous.release, what, target.generation)
+        else:
+            log.info("installing %s (generation %d)", what, target.generation)
+        release_dir = self.cache.release_dir(target)
+        if not release_dir.is_dir():
+            self._journal(Step.FETCH, target, previous)
+            self._set(self._health, f"installing {what}: fetching its artifact")
+            try:
+                tarball = await self._unless_superseded(
+                    self.cache.fetch(target.release.artifact, what), seq
+                )
+                if tarball is None:
+                    clear_journal(self.state_dir)
+                    return Outcome.SUPERSEDED
+                self._journal(Step.STAGE, target, previous)
+                release_dir = await asyncio.to_thread(self.cache.stage, target, tarball)
+            except ServerUnreachable as error:
+                clear_journal(self.state_dir)
+                log.warning("%s; retrying", error.message)
+                self._set(self._health, f"installing {what}: {error.message}; retrying")
+                return Outcome.RETRY
+            except ArtifactError as error:
+                clear_journal(self.state_dir)
+                self._fail(target.generation, f"{error.message}; the running app is untouched")
+                return Outcome.DONE
+        if self._desired_seq != seq:
+            clear_journal(self.state_dir)
+            return Outcome.SUPERSEDED
+        self._journal(Step.STOP, target, previous)
+        if previous is not None:
+            self._set(Health.STARTING, f"stopping v{previous.release} to start {what}")
+            await self._stop(previous)
+        self.app = None
+        save_app(self.state_dir, None)
+        if self._desired_seq != seq:
+            return Outcome.SUPERSEDED       # the journal stays: a crash now still finishes it
+        await self._flip_and_start(target, release_dir)
+        keep = {target.dir_name} | ({previous.dir_name} if previous else set())
+        await asyncio.to_thread(self.cache.prune, keep)
+        return Outcome.DONE
+
+    async def _flip_and_start(self, target: Target, release_dir: Path) -> None:
+        self._journal(Step.FLIP, target, None)
+        atomic_symlink(self.state_dir / "current", release_dir)
+        self.cache.touch(release_dir)
+        self._journal(Step.START, target, None)
+        self._crash_loop = False
+        self._backoff = BACKOFF_MIN
+        self._pending = target.generation
+        await self._start(target, release_dir)
+        clear_journal(self.state_dir)
+
+    def _launch(self, target: Target, release_dir: Path) -> Launch:
+        run = target.service.run
+        return Launch(
+            argv=list(run.start),
+            cwd=release_dir,
+            env=app_env(target, host=self.settings.name, address=self.settings.address,
+                        release_dir=release_dir, app_id=self.app_id),
+            log_path=self.state_dir / "logs" / "app.log",
+            stop_argv=list(run.stop) if run.stop else None,
+            stop_timeout=run.stop_timeout,
+        )
+
+    async def _stop(self, app: AppRecord) -> None:
+        launch = self._launch(app.target, Path(app.release_dir)) if app.target else None
+        note = await self.executors[app.executor].stop(app.pid, launch)
+        if note:
+            log.warning("stopping v%d: %s", app.release, note)
+
+    async def _stop_strays(self, keep: int | None = None) -> None:
+        """Never two copies: stop any process that carries our app id (but ``keep``)."""
+        for stray in find_app_processes(self.app_id):
+            if stray.pid != keep:
+                log.warning("found another copy of the app (pid %d); stopping it", stray.pid)
+                await self.process.stop(stray.pid, None)
+
+    async def _start(self, target: Target, release_dir: Path) -> None:
+        what = f"v{target.number}"
+        kind = target.service.run.executor
+        if not self._crash_loop:
+            self._set(Health.STARTING, f"starting {what}")
+        self._ever_healthy = False
+        self._started = self.clock.monotonic()
+        self._restart_at = None
+        record = AppRecord(
+            pid=None, release=target.number, generation=self._generation,
+            started_at=self.clock.now(), release_dir=str(release_dir), executor=kind,
+            target=target,
+        )
+        if kind is ExecutorKind.PROCESS:
+            await self._stop_strays()
+        try:
+            pid = await self.executors[kind].start(self._launch(target, release_dir))
+        except StartFailed as error:
+            self.app = record
+            save_app(self.state_dir, record)
+            self._crashed(str(error), during_start=True)
+            return
+        self.app = record.with_(pid=pid)
+        save_app(self.state_dir, self.app)
+        log.info("started %s (pid %s)", what, pid)
+
+    def _crashed(self, detail: str, *, during_start: bool) -> None:
+        delay = self._backoff
+        self._backoff = min(self._backoff * 2, BACKOFF_MAX)
+        self._restart_at = self.clock.monotonic() + delay
+        if during_start:
+            self._crash_loop = True
+            message = f"{detail} during start; retrying in {delay:g}s"
+            log.error("%s", message)
+            self._set(Health.FAILED, message)
+            if self._pending is not None:
+                self._converged(self._pending)
+        else:
+            message = f"{detail}; restarting it in {delay:g}s"
+            log.warning("%s", message)
+            self._set(Health.UNHEALTHY, message)
+
+    # ---- supervision ----------------------------------------------------------------------
+
+    async def supervise(self) -> float:
+        """Probe or restart the app; seconds until it wants to look again."""
+        app = self.app
+        if app is None:
+            return IDLE_TICK
+        now = self.clock.monotonic()
+        if self._restart_at is not None:
+            if now < self._restart_at:
+                return self._restart_at - now
+            return await self._restart(app)
+        exited = self.executors[app.executor].poll(app.pid)
+        if exited is not None:
+            code = "unknown" if exited.code is None else str(exited.code)
+            self.app = app.with_(pid=None)
+            save_app(self.state_dir, self.app)
+            self._crashed(f"app exited with code {code}", during_start=not self._ever_healthy)
+            return max(0.0, (self._restart_at or now) - now)
+        if app.target is None:
+            self._set(self._health, "running; waiting for the server's desired state")
+            return IDLE_TICK
+        spec = app.target.service
+        release_dir = Path(app.release_dir)
+        env = app_env(app.target, host=self.settings.name, address=self.settings.address,
+                      release_dir=release_dir, app_id=self.app_id)
+        result = await probe(spec.health, self.settings.address, spec.port,
+                             release_dir if release_dir.is_dir() else None, env)
+        if result.ok:
+            if not self._ever_healthy:
+                log.info("v%d is healthy", app.release)
+            self._ever_healthy = True
+            self._crash_loop = False
+            self._backoff = BACKOFF_MIN
+            self._set(Health.HEALTHY, "")
+            if self._pending is not None:
+                self._converged(self._pending)
+        elif not self._crash_loop:
+            grace = spec.strategy.progress_deadline
+            starting = (
+                not self._ever_healthy and not result.answered and now - self._started < grace
+            )
+            self._set(Health.STARTING if starting else Health.UNHEALTHY, result.detail)
+        return STARTING_TICK if not self._ever_healthy else spec.health.interval
+
+    async def _restart(self, app: AppRecord) -> float:
+        self._restart_at = None
+        target = app.target
+        if target is None:
+            self._set(Health.UNHEALTHY, "app is not running and its spec is not known yet; "
+                                        "waiting for the server's desired state")
+            return IDLE_TICK
+        release_dir = Path(app.release_dir)
+        if not release_dir.is_dir():
+            try:
+                tarball = await self.cache.fetch(target.release.artifact, f"v{target.number}")
+                release_dir = await asyncio.to_thread(self.cache.stage, target, tarball)
+                atomic_symlink(self.state_dir / "current", release_dir)
+            except (ArtifactError, ServerUnreachable) as error:
+                self._crashed(f"cannot restage v{target.number}: {error.message}",
+                              during_start=not self._ever_healthy)
+                return IDLE_TICK
+        await self._start(target, release_dir)
+        return STARTING_TICK
+
+    # ---- after a crash of the agent -------------------------------------------------------
+
+    async def recover(self) -> None:
+        """Find the app again, finish or drop a half-done switch, never start a second copy."""
+        self.cache.clean_partials()
+        record = load_app(self.state_dir)
+        found = find_app_processes(self.app_id)
+        chosen = next((p for p in found if record and p.pid == record.pid), None)
+        if chosen is None and found:
+            chosen = found[-1]                      # the newest one
+        await self._stop_strays(keep=chosen.pid if chosen else None)
+        app: AppRecord | None = None
+        if chosen is not None:
+            if record is not None and Path(chosen.release_dir).name == record.dir_name:
+                app = record.with_(pid=chosen.pid)
+            else:
+                app = AppRecord(
+                    pid=chosen.pid, release=chosen.release or 0, generation=0,
+                    started_at=self.clock.now(), release_dir=chosen.release_dir,
+                )
+            log.info("adopted the running app: pid %d, v%d", chosen.pid, app.release)
+        elif record is not None:
+            app = record if record.executor is ExecutorKind.COMMANDS else record.with_(pid=None)
+        self.app = app
+        self._generation = app.generation if app else 0
+        self._ever_healthy = True
+        self._started = self.clock.monotonic()
+        if app is not None and app.pid is None and app.executor is ExecutorKind.PROCESS:
+            log.info("v%d is recorded but not running; starting it", app.release)
+            self._restart_at = self.clock.monotonic()
+            self._set(Health.STARTING, f"v{app.release} was not running; starting it")
+        journal = read_journal(self.state_dir)
+        if journal is not None:
+            await self._recover_switch(journal)
+        save_app(self.state_dir, self.app)
+        self._publish()
+
+    async def _recover_switch(self, journal: Journal) -> None:
+        target, app = journal.target, self.app
+        if not journal.step.committed:
+            log.info("dropping a switch to v%d that had not touched the app", target.number)
+            clear_journal(self.state_dir)
+            return
+        if app is not None and app.pid is not None and app.dir_name == target.dir_name:
+            log.info("the switch to v%d had started it; finishing the switch", target.number)
+            self.app = app.with_(target=target)
+            self._pending = target.generation
+            self._ever_healthy = False
+            clear_journal(self.state_dir)
+            return
+        release_dir = self.cache.release_dir(target)
+        if not release_dir.is_dir():
+            log.warning("cannot finish the switch to v%d: its release directory is gone",
+                        target.number)
+            clear_journal(self.state_dir)
+            return
+        log.info("finishing the interrupted switch to v%d", target.number)
+        if app is not None:
+            self._set(Health.STARTING, f"stopping v{app.release} to start v{target.number}")
+            await self._stop(app)
+            self.app = None
+            save_app(self.state_dir, None)
+        await self._flip_and_start(target, release_dir)

@@ -1,0 +1,206 @@
+"""``run_agent``: the channel to the server, the reconnect loop, and the controller beside it.
+
+The agent dials out (it listens on nothing): ``hello`` with what it observes,
+then ``welcome`` and ``desired`` messages at any time; it sends ``report``
+whenever its observation changes and every heartbeat. When the server is
+away it keeps the app running and retries with jittered exponential
+backoff capped at 5 s, logging one line per kind of trouble.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import fcntl
+import logging
+import os
+import random
+import signal
+from pathlib import Path
+from typing import IO
+from urllib.parse import urlsplit
+
+from pydantic import ValidationError
+from websockets.asyncio.client import ClientConnection, connect
+from websockets.exceptions import ConnectionClosed, InvalidHandshake, InvalidStatus
+
+from headway.agent.converge import Controller, wait_for_event
+from headway.agent.settings import AgentSettings
+from headway.clock import Clock, SystemClock
+from headway.errors import Conflict, SpecError
+from headway.protocol.messages import (
+    Desired,
+    ErrorMessage,
+    Hello,
+    Observation,
+    Report,
+    Welcome,
+    server_message,
+)
+
+log = logging.getLogger("headway.agent")
+
+BACKOFF_FIRST = 0.2
+BACKOFF_CAP = 5.0
+WELCOME_TIMEOUT = 10.0
+
+
+class Channel:
+    """One WebSocket session at a time to the server, forever."""
+
+    def __init__(self, settings: AgentSettings, controller: Controller, clock: Clock,
+                 rng: random.Random) -> None:
+        self.settings = settings
+        self.controller = controller
+        self.clock = clock
+        self.rng = rng
+        self._last_problem = ""
+
+    async def run(self) -> None:
+        backoff = BACKOFF_FIRST
+        while True:
+            connected = False
+            try:
+                connected = await self._session()
+                problem = "the server closed the channel"
+            except InvalidStatus as error:
+                status = error.response.status_code
+                problem = (
+                    "agent token refused; check --token" if status in (401, 403)
+                    else f"server refused the agent channel with HTTP {status}"
+                )
+            except (OSError, TimeoutError, InvalidHandshake) as error:
+                problem = (f"server {self.settings.base_url} unreachable "
+                           f"({error or type(error).__name__}); retrying")
+            except ConnectionClosed:
+                problem = "lost the channel to the server; reconnecting"
+            except ValidationError as error:
+                problem = f"server sent a message this agent does not understand: {error}"
+            if connected:
+                backoff = BACKOFF_FIRST
+            if problem != self._last_problem:
+                log.warning("%s", problem)
+                self._last_problem = problem
+            delay = min(backoff, BACKOFF_CAP) * self.rng.uniform(0.5, 1.0)
+            backoff = min(backoff * 2, BACKOFF_CAP)
+            await asyncio.sleep(delay)
+
+    async def _session(self) -> bool:
+        """One connection; True once it got as far as the server's welcome."""
+        settings = self.settings
+        headers = {"Authorization": f"Bearer {settings.token}"}
+        async with connect(
+            settings.channel_url, additional_headers=headers, open_timeout=10,
+            ping_interval=20, ping_timeout=20, max_size=4 << 20, close_timeout=2,
+            user_agent_header="headway-agent",
+        ) as ws:
+            sent = self.controller.observed
+            hello = Hello(host=settings.name, address=settings.address,
+                          labels=dict(settings.labels), observed=sent)
+            await ws.send(hello.model_dump_json())
+            heartbeat = settings.heartbeat
+            async with asyncio.timeout(WELCOME_TIMEOUT):
+                first = server_message.validate_json(await ws.recv())
+            if isinstance(first, ErrorMessage):
+                log.warning("server refused this agent: %s", first.message)
+                return False
+            if isinstance(first, Welcome):
+                heartbeat = min(heartbeat, first.heartbeat)
+            else:
+                self.controller.offer(first)
+            log.info("connected to %s as host %s", settings.base_url, settings.name)
+            self._last_problem = ""
+            reader = asyncio.create_task(self._read(ws))
+            writer = asyncio.create_task(self._write(ws, sent, heartbeat))
+            try:
+                done, _ = await asyncio.wait({reader, writer},
+                                             return_when=asyncio.FIRST_COMPLETED)
+                for task in done:
+                    task.result()
+            finally:
+                for task in (reader, writer):
+                    task.cancel()
+                await asyncio.gather(reader, writer, return_exceptions=True)
+            return True
+
+    async def _read(self, ws: ClientConnection) -> None:
+        async for raw in ws:
+            message = server_message.validate_json(raw)
+            if isinstance(message, Desired):
+                self.controller.offer(message)
+            elif isinstance(message, ErrorMessage):
+                log.warning("server says: %s", message.message)
+
+    async def _write(self, ws: ClientConnection, sent: Observation, heartbeat: float) -> None:
+        last = self.clock.monotonic()
+        while True:
+            waiter = self.controller.observed_changed.waiter()
+            observed = self.controller.observed
+            due = last + heartbeat - self.clock.monotonic()
+            if observed != sent or due <= 0:
+                await ws.send(Report(observed=observed).model_dump_json())
+                sent, last = observed, self.clock.monotonic()
+                continue
+            await wait_for_event(waiter, due)
+
+
+def _check(settings: AgentSettings) -> None:
+    parts = urlsplit(settings.server)
+    if parts.scheme not in ("http", "https") or not parts.netloc:
+        raise SpecError(f"server address {settings.server!r} is not an http(s) URL",
+                        hint="pass it like --server http://127.0.0.1:7400")
+    if not settings.name:
+        raise SpecError("the agent needs a host name", hint="pass --name")
+    if settings.heartbeat <= 0:
+        raise SpecError("heartbeat must be more than 0 seconds", hint="pass --heartbeat 15")
+
+
+def _lock(state_dir: Path) -> IO[bytes]:
+    state_dir.mkdir(parents=True, exist_ok=True)
+    handle = (state_dir / "agent.lock").open("ab")
+    try:
+        fcntl.flock(handle.fileno(), fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except OSError:
+        handle.close()
+        raise Conflict(f"another agent already uses the state directory {state_dir}",
+                       hint="stop that agent, or give this one its own --state-dir") from None
+    return handle
+
+
+async def run_agent(settings: AgentSettings, clock: Clock | None = None) -> None:
+    """Run the agent until cancelled, SIGTERM or SIGINT; the app keeps running after it."""
+    _check(settings)
+    clock = clock or SystemClock()
+    lock = _lock(settings.state_dir)
+    loop = asyncio.get_running_loop()
+    stop = asyncio.Event()
+    installed = []
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        with contextlib.suppress(NotImplementedError, RuntimeError, ValueError):
+            loop.add_signal_handler(sig, stop.set)
+            installed.append(sig)
+    rng = random.Random(f"{settings.name}/{os.getpid()}")
+    controller = Controller(settings, clock)
+    channel = Channel(settings, controller, clock, rng)
+    log.info("agent %s starting (state in %s)", settings.name, settings.state_dir)
+    tasks = [
+        asyncio.create_task(controller.run(), name="controller"),
+        asyncio.create_task(channel.run(), name="channel"),
+        asyncio.create_task(stop.wait(), name="stop"),
+    ]
+    try:
+        done, _ = await asyncio.wait(tasks, return_when=asyncio.FIRST_COMPLETED)
+        for task in done:
+            task.result()
+        log.info("agent %s stopping; the app keeps running", settings.name)
+    finally:
+        for task in tasks:
+            task.cancel()
+        await asyncio.gather(*tasks, return_exceptions=True)
+        controller.close()
+        for sig in installed:
+            loop.remove_signal_handler(sig)
+        lock.close()
+
+
+__all__ = ["Channel", "run_agent"]
