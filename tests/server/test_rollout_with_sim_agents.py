@@ -3,9 +3,6 @@
 from __future__ import annotations
 
 import asyncio
-import io
-import tarfile
-import time
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -13,6 +10,8 @@ import httpx
 import pytest
 
 from headway.sim.agents import SimAgent, SimAgentConfig
+from headway.testing.api_helpers import tiny_tarball as tarball
+from headway.testing.api_helpers import wait_hosts, wait_rollout
 from headway.testing.server_process import ServerProcess, start_server
 
 pytestmark = pytest.mark.integration
@@ -25,31 +24,11 @@ SPEC = {
 }
 
 
-def tarball(text: str) -> bytes:
-    buf = io.BytesIO()
-    with tarfile.open(fileobj=buf, mode="w:gz") as tar:
-        data = text.encode()
-        info = tarfile.TarInfo("VERSION")
-        info.size = len(data)
-        tar.addfile(info, io.BytesIO(data))
-    return buf.getvalue()
-
-
 @pytest.fixture
 def server(tmp_path: Path) -> Iterator[ServerProcess]:
     proc = start_server(tmp_path / "server")
     yield proc
     proc.stop()
-
-
-def wait_rollout(api: httpx.Client, rollout_id: str, timeout: float = 30) -> dict[str, object]:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        body = api.get(f"/api/v1/rollouts/{rollout_id}").json()
-        if body["rollout"]["status"] in {"succeeded", "failed", "rolled_back", "aborted"}:
-            return dict(body)
-        time.sleep(0.1)
-    raise AssertionError(f"rollout {rollout_id} did not end: {body}")
 
 
 async def run_fleet(server: ServerProcess, n: int, scenario: object) -> list[SimAgent]:
@@ -66,18 +45,6 @@ async def run_fleet(server: ServerProcess, n: int, scenario: object) -> list[Sim
     return agents
 
 
-def wait_hosts(api: httpx.Client, release: int, n: int, timeout: float = 20) -> None:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        hosts = api.get("/api/v1/hosts", params={"service": "web"}).json()
-        if len(hosts) == n and all(
-            h["observed_release"] == release and h["health"] == "healthy" for h in hosts
-        ):
-            return
-        time.sleep(0.1)
-    raise AssertionError(f"hosts not all healthy on v{release}: {hosts}")
-
-
 def test_rolling_upgrade_then_automatic_rollback(server: ServerProcess) -> None:
     with server.client() as api:
         rolling_then_rollback(server, api)
@@ -89,7 +56,7 @@ def rolling_then_rollback(server: ServerProcess, api: httpx.Client) -> None:
     assert api.post("/api/v1/services/web/releases", json={"artifact": v1["digest"]}).status_code == 201
 
     def scenario(agents: list[SimAgent]) -> None:
-        wait_hosts(api, 1, len(agents))
+        wait_hosts(api, "web", 1, len(agents))
         r2 = api.post("/api/v1/services/web/releases", json={"from_version": "v1", "params": {"X": "2"}})
         assert r2.json()["number"] == 2
         started = api.post("/api/v1/services/web/rollouts", json={})
@@ -98,13 +65,13 @@ def rolling_then_rollback(server: ServerProcess, api: httpx.Client) -> None:
         assert again.status_code == 409
         done = wait_rollout(api, started.json()["rollout"]["id"])
         assert done["rollout"]["status"] == "succeeded"  # type: ignore[index]
-        wait_hosts(api, 2, len(agents))
+        wait_hosts(api, "web", 2, len(agents))
         # a release whose hosts fail: rolled back by itself
         api.post("/api/v1/services/web/releases", json={"from_version": "v2", "params": {"SIM_FAIL": "1"}})
         bad = api.post("/api/v1/services/web/rollouts", json={}).json()
         ended = wait_rollout(api, bad["rollout"]["id"])
         assert ended["rollout"]["status"] == "rolled_back"  # type: ignore[index]
-        wait_hosts(api, 2, len(agents))
+        wait_hosts(api, "web", 2, len(agents))
 
     agents = asyncio.run(run_fleet(server, 5, scenario))
     for agent in agents:
@@ -137,6 +104,9 @@ def bad_input(server: ServerProcess, api: httpx.Client) -> None:
     assert missing.status_code == 404
     assert api.post("/api/v1/services/web/rollouts", json={"to": "v9"}).status_code == 404
     assert api.post("/api/v1/services/web/rollouts", json={"to": "banana"}).status_code == 422
-    huge = api.post("/api/v1/services", content=b"{" + b" " * (2 << 20) + b"}",
-                    headers={"content-type": "application/json"})
+    huge = api.post(
+        "/api/v1/services",
+        content=b"{" + b" " * (2 << 20) + b"}",
+        headers={"content-type": "application/json"},
+    )
     assert huge.status_code == 413
