@@ -9,10 +9,11 @@ from __future__ import annotations
 
 import functools
 import json
+import os
 import sys
 from collections.abc import Callable, Iterable
 from pathlib import Path
-from typing import Annotated, Any, ParamSpec, TypeVar
+from typing import Annotated, Any, ParamSpec, TextIO, TypeVar
 
 import typer
 from pydantic import BaseModel
@@ -61,12 +62,19 @@ P = ParamSpec("P")
 R = TypeVar("R")
 
 
+PIPE_WIDTH = 200  # tables sent to a file or a pipe are not folded to 80 columns
+
+
+def _width(stream: TextIO) -> int | None:
+    return None if stream.isatty() or "COLUMNS" in os.environ else PIPE_WIDTH
+
+
 def stderr_console() -> Console:
-    return Console(stderr=True, highlight=False)
+    return Console(stderr=True, highlight=False, soft_wrap=True, width=_width(sys.stderr))
 
 
 def stdout_console() -> Console:
-    return Console(highlight=False)
+    return Console(highlight=False, soft_wrap=True, width=_width(sys.stdout))
 
 
 def report_error(error: HeadwayError) -> None:

@@ -57,8 +57,8 @@ def health_text(health: Health) -> Text:
 
 def hosts_table(hosts: Sequence[HostView], phases: dict[str, HostProgressOut] | None = None) -> Table:
     table = Table(title=None, show_edge=False, pad_edge=False)
-    table.add_column("host")
-    table.add_column("address")
+    table.add_column("host", no_wrap=True)
+    table.add_column("address", no_wrap=True)
     table.add_column("service")
     table.add_column("release")
     table.add_column("health")
@@ -131,8 +131,8 @@ def events_table(events: Sequence[Event]) -> Table:
 
 def releases_table(releases: Sequence[Release], current: int | None) -> Table:
     table = Table(show_edge=False, pad_edge=False)
-    table.add_column("release")
-    table.add_column("artifact")
+    table.add_column("release", no_wrap=True)
+    table.add_column("artifact", no_wrap=True)
     table.add_column("size", justify="right")
     table.add_column("params")
     table.add_column("created")
@@ -154,8 +154,8 @@ def releases_table(releases: Sequence[Release], current: int | None) -> Table:
 
 def rollouts_table(rollouts: Sequence[RolloutOut]) -> Table:
     table = Table(show_edge=False, pad_edge=False)
-    table.add_column("rollout")
-    table.add_column("service")
+    table.add_column("rollout", no_wrap=True)
+    table.add_column("service", no_wrap=True)
     table.add_column("change")
     table.add_column("status")
     table.add_column("step", justify="right")

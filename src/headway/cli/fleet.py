@@ -146,6 +146,8 @@ class _LiveRollout:
     def close(self) -> None:
         if self._live is not None and self._live.is_started:
             self._live.stop()
+            if not self._live.console.is_terminal:
+                self._live.console.line()
 
 
 @handled

@@ -67,6 +67,8 @@ def _wait(client: ApiClient, rollout_id: str, *, live: bool) -> RolloutOut:
                 f"(`headway rollout status {rollout_id}`)"
             )
             raise typer.Exit(130) from None
+    if not console.is_terminal:
+        console.line()  # Live leaves its last frame without a newline when not on a terminal
     r = final.rollout.rollout
     style = "green" if r.status is RolloutStatus.SUCCEEDED else "red"
     console.print(
