@@ -3,9 +3,8 @@
 from __future__ import annotations
 
 import asyncio
-import importlib
 from pathlib import Path
-from typing import Annotated, Any
+from typing import Annotated
 
 import typer
 
@@ -23,11 +22,6 @@ def parse_listen(listen: str) -> tuple[str, int]:
             f"--listen {listen!r} is not HOST:PORT", hint="write it like --listen 127.0.0.1:7400"
         )
     return host, int(port_text)
-
-
-def _load(module: str) -> Any:
-    # Imported here, not at the top: `headway --help` and the API commands stay fast.
-    return importlib.import_module(module)
 
 
 @handled
@@ -51,12 +45,11 @@ def server(
 ) -> None:
     """Run the control plane: REST API, agent channel and rollout engine."""
     host, port = parse_listen(listen)
-    settings_module = _load("headway.server.settings")
-    main_module = _load("headway.server.main")
-    settings = settings_module.ServerSettings(
-        state_dir=state_dir, host=host, port=port, database_url=database or None
-    )
-    main_module.run_server(settings)
+    # Imported here, not at the top: `headway --help` and the API commands stay fast.
+    from headway.server.main import run_server
+    from headway.server.settings import ServerSettings
+
+    run_server(ServerSettings(state_dir=state_dir, host=host, port=port, database_url=database or None))
 
 
 @handled
@@ -100,9 +93,10 @@ def agent(
             "tokens.json)",
         )
     labels = parse_pairs(label or [], "--label")
-    settings_module = _load("headway.agent.settings")
-    runtime = _load("headway.agent.runtime")
-    settings = settings_module.AgentSettings(
+    from headway.agent.runtime import run_agent
+    from headway.agent.settings import AgentSettings
+
+    settings = AgentSettings(
         server=server_url,
         token=token,
         name=name,
@@ -110,4 +104,4 @@ def agent(
         labels=labels,
         state_dir=state_dir,
     )
-    asyncio.run(runtime.run_agent(settings))
+    asyncio.run(run_agent(settings))

@@ -26,7 +26,7 @@ import sys
 import time
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
-from importlib import import_module, resources
+from importlib import resources
 from pathlib import Path
 from typing import Any
 
@@ -36,6 +36,7 @@ from headway.clock import Clock, SystemClock
 from headway.domain.models import Health, HostView, Release
 from headway.domain.spec import ServiceSpec, load_service_yaml
 from headway.errors import Conflict, HeadwayError, ServerUnreachable, SpecError
+from headway.fleet.artifact import build_sample_artifact
 
 SERVICE = "web"
 DEFAULT_PORT = 7400
@@ -60,13 +61,6 @@ def sample_spec_text() -> str:
 
 def sample_spec() -> ServiceSpec:
     return load_service_yaml(sample_spec_text())
-
-
-def build_sample_artifact(version: str, dest_dir: Path) -> Path:
-    """The sample app's tarball for ``version`` (built by `headway.fleet.artifact`)."""
-    module: Any = import_module("headway.fleet.artifact")
-    path: Path = module.build_sample_artifact(version, dest_dir)
-    return path
 
 
 def publish_sample_release(
