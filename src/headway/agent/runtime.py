@@ -45,6 +45,10 @@ BACKOFF_CAP = 5.0
 WELCOME_TIMEOUT = 10.0
 
 
+class Refused(Exception):
+    """The server accepted the connection, then refused this agent (an ``error`` message)."""
+
+
 class Channel:
     """One WebSocket session at a time to the server, forever."""
 
@@ -55,13 +59,14 @@ class Channel:
         self.clock = clock
         self.rng = rng
         self._last_problem = ""
+        self._welcomed = False
 
     async def run(self) -> None:
         backoff = BACKOFF_FIRST
         while True:
-            connected = False
+            self._welcomed = False
             try:
-                connected = await self._session()
+                await self._session()
                 problem = "the server closed the channel"
             except InvalidStatus as error:
                 status = error.response.status_code
@@ -74,9 +79,11 @@ class Channel:
                            f"({error or type(error).__name__}); retrying")
             except ConnectionClosed:
                 problem = "lost the channel to the server; reconnecting"
+            except Refused as error:
+                problem = f"server refused this agent: {error}"
             except ValidationError as error:
                 problem = f"server sent a message this agent does not understand: {error}"
-            if connected:
+            if self._welcomed:
                 backoff = BACKOFF_FIRST
             if problem != self._last_problem:
                 log.warning("%s", problem)
@@ -85,8 +92,8 @@ class Channel:
             backoff = min(backoff * 2, BACKOFF_CAP)
             await asyncio.sleep(delay)
 
-    async def _session(self) -> bool:
-        """One connection; True once it got as far as the server's welcome."""
+    async def _session(self) -> None:
+        """One connection, until it closes."""
         settings = self.settings
         headers = {"Authorization": f"Bearer {settings.token}"}
         async with connect(
@@ -102,14 +109,14 @@ class Channel:
             async with asyncio.timeout(WELCOME_TIMEOUT):
                 first = server_message.validate_json(await ws.recv())
             if isinstance(first, ErrorMessage):
-                log.warning("server refused this agent: %s", first.message)
-                return False
+                raise Refused(first.message)
             if isinstance(first, Welcome):
                 heartbeat = min(heartbeat, first.heartbeat)
             else:
                 self.controller.offer(first)
             log.info("connected to %s as host %s", settings.base_url, settings.name)
             self._last_problem = ""
+            self._welcomed = True
             reader = asyncio.create_task(self._read(ws))
             writer = asyncio.create_task(self._write(ws, sent, heartbeat))
             try:
@@ -121,7 +128,6 @@ class Channel:
                 for task in (reader, writer):
                     task.cancel()
                 await asyncio.gather(reader, writer, return_exceptions=True)
-            return True
 
     async def _read(self, ws: ClientConnection) -> None:
         async for raw in ws:
@@ -179,6 +185,7 @@ async def run_agent(settings: AgentSettings, clock: Clock | None = None) -> None
         with contextlib.suppress(NotImplementedError, RuntimeError, ValueError):
             loop.add_signal_handler(sig, stop.set)
             installed.append(sig)
+    logging.getLogger("httpx").setLevel(logging.WARNING)   # one line per download is noise
     rng = random.Random(f"{settings.name}/{os.getpid()}")
     controller = Controller(settings, clock)
     channel = Channel(settings, controller, clock, rng)
