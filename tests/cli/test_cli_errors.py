@@ -152,3 +152,13 @@ def test_fleet_address_prefix_must_be_loopback(tmp_path: Path) -> None:
         run("fleet", "up", "--state-dir", str(tmp_path), "--address-prefix", "10.0.0"),
         "127.0.0.0/8",
     )
+
+
+def test_state_dir_that_cannot_be_created(tmp_path: Path) -> None:
+    blocker = tmp_path / "file"
+    blocker.write_text("not a directory")
+    assert_error(
+        run("fleet", "up", "--hosts", "1", "--state-dir", str(blocker / "fleet"), "--port", "0"),
+        "Not a directory",
+        str(blocker),
+    )

@@ -94,6 +94,15 @@ def handled(func: Callable[P, R]) -> Callable[P, R]:
         except HeadwayError as error:
             report_error(error)
             raise typer.Exit(EXIT_ERROR) from None
+        except OSError as error:  # a state dir or file we cannot create, read or write
+            where = f": {error.filename}" if error.filename else ""
+            report_error(
+                HeadwayError(
+                    f"{error.strerror or error}{where}",
+                    hint="check the path and its permissions",
+                )
+            )
+            raise typer.Exit(EXIT_ERROR) from None
         except KeyboardInterrupt:
             stderr_console().print("interrupted")
             raise typer.Exit(130) from None
