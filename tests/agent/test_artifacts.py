@@ -114,6 +114,13 @@ def test_fetch_verifies_caches_and_stages(server: FakeServer, tmp_path: Path) ->
     assert server.gets_of(ref) == 2
 
 
+def test_fetch_reads_chunked_answers(server: FakeServer, tmp_path: Path) -> None:
+    ref = server.add_release("v1", tmp_path)
+    streamed = ArtifactRef(digest=ref.digest, size=ref.size, url=f"/stream/{ref.digest}")
+    path = asyncio.run(cache_for(server, tmp_path).fetch(streamed, "v1"))
+    assert path.read_bytes() == server.artifacts[ref.digest]
+
+
 @pytest.mark.parametrize("stream", [False, True])
 def test_fetch_never_reads_past_the_declared_size(
     server: FakeServer, tmp_path: Path, stream: bool

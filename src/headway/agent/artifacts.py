@@ -21,8 +21,7 @@ import zlib
 from pathlib import Path
 from urllib.parse import urlsplit
 
-import httpx
-
+from headway.agent import httpget
 from headway.agent.target import Target, release_dir_name
 from headway.clock import Clock
 from headway.domain.models import ArtifactRef
@@ -111,47 +110,46 @@ class ArtifactCache:
             headers["Authorization"] = f"Bearer {self.token}"   # never leak it to other hosts
         hasher = hashlib.sha256()
         received = 0
-        timeout = httpx.Timeout(10.0, read=30.0)
         try:
-            async with (
-                httpx.AsyncClient(timeout=timeout, follow_redirects=False) as client,
-                client.stream("GET", url, headers=headers) as response,
-            ):
-                if response.status_code >= 500:
-                    raise ServerUnreachable(
-                        f"artifact source answered HTTP {response.status_code} for {what}",
-                        hint="the agent retries; check the server's log",
-                    )
-                if response.status_code != 200:
-                    hint = "check --token" if response.status_code in (401, 403) else ""
-                    raise ArtifactError(
-                        f"artifact for {what} cannot be fetched: HTTP {response.status_code} "
-                        f"from {url}",
-                        hint=hint or "check that the release's artifact still exists",
-                    )
-                declared = response.headers.get("content-length", "")
-                if declared.isdigit() and int(declared) > ref.size:
-                    raise _oversize(what, ref, int(declared))
-                with part.open("wb") as handle:
-                    async for chunk in response.aiter_bytes():
-                        received += len(chunk)
-                        if received > ref.size:
-                            raise _oversize(what, ref, received)
-                        hasher.update(chunk)
-                        handle.write(chunk)
-                    handle.flush()
-                    os.fsync(handle.fileno())
-        except (httpx.ConnectError, httpx.ConnectTimeout) as error:
+            response = await httpget.get(url, headers)
+        except httpget.ConnectFailed as error:
             raise ServerUnreachable(
-                f"artifact source {url} unreachable for {what}: {error or type(error).__name__}",
-                hint="the agent retries",
+                f"artifact source unreachable for {what} ({error})", hint="the agent retries"
             ) from None
-        except httpx.HTTPError as error:
+        except (httpget.BrokenResponse, ValueError) as error:
+            raise ArtifactError(f"artifact for {what}: bad answer from {url}: {error}") from None
+        try:
+            if response.status >= 500:
+                raise ServerUnreachable(
+                    f"artifact source answered HTTP {response.status} for {what}",
+                    hint="the agent retries; check the server's log",
+                )
+            if response.status != 200:
+                hint = "check --token" if response.status in (401, 403) else ""
+                raise ArtifactError(
+                    f"artifact for {what} cannot be fetched: HTTP {response.status} from {url}",
+                    hint=hint or "check that the release's artifact still exists",
+                )
+            declared = response.headers.get("content-length", "")
+            if declared.isdigit() and int(declared) > ref.size:
+                raise _oversize(what, ref, int(declared))
+            with part.open("wb") as handle:
+                async for chunk in response.body():
+                    received += len(chunk)
+                    if received > ref.size:
+                        raise _oversize(what, ref, received)
+                    hasher.update(chunk)
+                    handle.write(chunk)
+                handle.flush()
+                os.fsync(handle.fileno())
+        except httpget.BrokenResponse as error:
             raise ArtifactError(
                 f"artifact for {what} truncated or broken in transit after {received} of "
-                f"{ref.size} bytes ({error or type(error).__name__}); digest mismatch assumed",
+                f"{ref.size} bytes ({error}); digest mismatch assumed",
                 hint="the agent will not run it; check the artifact source",
             ) from None
+        finally:
+            await response.close()
         if received != ref.size:
             raise ArtifactError(
                 f"artifact for {what} truncated: got {received} of {ref.size} bytes; "

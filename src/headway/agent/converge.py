@@ -103,6 +103,7 @@ class Controller:
         self.observed = Observation()
         self.observed_changed = Signal()
         self.desired_changed = Signal()
+        self.adopted = asyncio.Event()     # set once the running app (if any) is known
         self._desired: Desired | None = None
         self._desired_seq = 0
         self._handled_seq = 0
@@ -115,7 +116,7 @@ class Controller:
         self._detail = ""
         self._sticky = False               # FAILED for the desired release; probes keep quiet
         self._ever_healthy = False         # since the last start
-        self._crash_loop = False           # exited during start; FAILED until a probe passes
+        self._hold: Health | None = None   # after a crash: say this until a probe passes
         self._started = 0.0
         self._restart_at: float | None = None
         self._backoff = BACKOFF_MIN
@@ -312,7 +313,7 @@ class Controller:
         atomic_symlink(self.state_dir / "current", release_dir)
         self.cache.touch(release_dir)
         self._journal(Step.START, target, None)
-        self._crash_loop = False
+        self._hold = None
         self._backoff = BACKOFF_MIN
         self._pending = target.generation
         await self._start(target, release_dir)
@@ -346,7 +347,7 @@ class Controller:
     async def _start(self, target: Target, release_dir: Path) -> None:
         what = f"v{target.number}"
         kind = target.service.run.executor
-        if not self._crash_loop:
+        if self._hold is None:
             self._set(Health.STARTING, f"starting {what}")
         self._ever_healthy = False
         self._started = self.clock.monotonic()
@@ -373,8 +374,8 @@ class Controller:
         delay = self._backoff
         self._backoff = min(self._backoff * 2, BACKOFF_MAX)
         self._restart_at = self.clock.monotonic() + delay
+        self._hold = Health.FAILED if during_start else Health.UNHEALTHY
         if during_start:
-            self._crash_loop = True
             message = f"{detail} during start; retrying in {delay:g}s"
             log.error("%s", message)
             self._set(Health.FAILED, message)
@@ -417,12 +418,12 @@ class Controller:
             if not self._ever_healthy:
                 log.info("v%d is healthy", app.release)
             self._ever_healthy = True
-            self._crash_loop = False
+            self._hold = None
             self._backoff = BACKOFF_MIN
             self._set(Health.HEALTHY, "")
             if self._pending is not None:
                 self._converged(self._pending)
-        elif not self._crash_loop:
+        elif self._hold is None:
             grace = spec.strategy.progress_deadline
             starting = (
                 not self._ever_healthy and not result.answered and now - self._started < grace
@@ -481,6 +482,8 @@ class Controller:
             log.info("v%d is recorded but not running; starting it", app.release)
             self._restart_at = self.clock.monotonic()
             self._set(Health.STARTING, f"v{app.release} was not running; starting it")
+        self._publish()
+        self.adopted.set()
         journal = read_journal(self.state_dir)
         if journal is not None:
             await self._recover_switch(journal)

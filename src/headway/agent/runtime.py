@@ -62,6 +62,7 @@ class Channel:
         self._welcomed = False
 
     async def run(self) -> None:
+        await self.controller.adopted.wait()     # so the first hello says what runs
         backoff = BACKOFF_FIRST
         while True:
             self._welcomed = False
@@ -185,7 +186,6 @@ async def run_agent(settings: AgentSettings, clock: Clock | None = None) -> None
         with contextlib.suppress(NotImplementedError, RuntimeError, ValueError):
             loop.add_signal_handler(sig, stop.set)
             installed.append(sig)
-    logging.getLogger("httpx").setLevel(logging.WARNING)   # one line per download is noise
     rng = random.Random(f"{settings.name}/{os.getpid()}")
     controller = Controller(settings, clock)
     channel = Channel(settings, controller, clock, rng)
