@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 import json
+import os
 import shutil
 import signal
+import sys
 import threading
 from collections.abc import Callable
 from pathlib import Path
@@ -13,6 +15,7 @@ import pytest
 
 from headway.agent.appstate import pid_alive
 from headway.domain.models import Health
+from headway.domain.spec import ServiceSpec
 
 from .conftest import Agent, FakeServer, desired, service, wait_until
 
@@ -162,7 +165,6 @@ def test_killed_agent_with_deleted_state_adopts_the_running_app(
     wait_until(lambda: (agent.state_dir / "current").is_dir(), 10, "the release to be restaged")
 
     # and it still supervises it: kill the app, the agent restarts it
-    import os
     os.kill(pid[0], signal.SIGKILL)
     wait_until(lambda: agent.app_pids() and agent.app_pids() != pid, 15, "a restart")
     server.wait_observed("h6", release=1, health=Health.HEALTHY)
@@ -195,3 +197,40 @@ def test_newer_desired_wins_over_a_switch_still_fetching(
     app_log = (agent.state_dir / "logs" / "app.log").read_text()
     assert "version v2" not in app_log                # v2 was never started
     assert not list((agent.state_dir / "releases").glob("v2-*"))
+
+
+START = """
+import os, subprocess, sys
+app = subprocess.Popen([sys.executable, "app.py"], start_new_session=True,
+                       stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+open(os.path.join(os.environ["PIDS"], "app.pid"), "w").write(str(app.pid))
+"""
+STOP = """
+import os, signal, time
+path = os.path.join(os.environ["PIDS"], "app.pid")
+pid = int(open(path).read())
+os.kill(pid, signal.SIGTERM)
+while os.path.exists(f"/proc/{pid}") and open(f"/proc/{pid}/stat").read().split()[2] != "Z":
+    time.sleep(0.05)
+"""
+
+
+def test_commands_executor_runs_the_services_own_start_and_stop(
+    server: FakeServer, make_agent: MakeAgent, tmp_path: Path
+) -> None:
+    v1, v2 = server.add_release("v1", tmp_path), server.add_release("v2", tmp_path)
+    spec = ServiceSpec.model_validate({
+        **service().model_dump(mode="json"),
+        "run": {"executor": "commands", "start": [sys.executable, "-c", START],
+                "stop": [sys.executable, "-c", STOP], "env": {"PIDS": str(tmp_path)}},
+    })
+    agent = make_agent("h9").start()
+    server.set_desired("h9", desired(1, 1, v1, spec))
+    server.wait_observed("h9", release=1, generation=1, health=Health.HEALTHY)
+    first = int((tmp_path / "app.pid").read_text())
+    assert agent.get()[:2] == (200, "v1")
+    server.set_desired("h9", desired(2, 2, v2, spec))
+    server.wait_observed("h9", release=2, generation=2, health=Health.HEALTHY)
+    assert agent.get()[:2] == (200, "v2")
+    assert not pid_alive(first)
+    assert app_json(agent)["executor"] == "commands" and app_json(agent)["pid"] is None
