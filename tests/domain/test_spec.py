@@ -88,3 +88,13 @@ def test_durations_budgets_versions() -> None:
     assert parse_version("v12") == 12
     with pytest.raises(ValueError, match="v1, v2"):
         parse_version("latest")
+
+
+def test_durations_round_trip_through_the_stored_form() -> None:
+    from headway.domain.spec import format_duration
+
+    for seconds in (0.0, 0.00001, 0.25, 2.0, 90.5, 3600.0):
+        assert parse_duration(format_duration(seconds)) == pytest.approx(seconds)
+    spec = load_service_yaml(GOOD + "strategy: {min_healthy_time: 0.00001}\n")
+    again = load_service_yaml(__import__("yaml").safe_dump(spec.model_dump(mode="json")))
+    assert again == spec

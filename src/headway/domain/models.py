@@ -46,11 +46,11 @@ def parse_version(text: str) -> int:
 class Health(StrEnum):
     """What an agent observes of its app."""
 
-    UNKNOWN = "unknown"      # nothing observed yet
-    STARTING = "starting"    # installing, starting, or health not yet passing
-    HEALTHY = "healthy"      # the health check passes
+    UNKNOWN = "unknown"  # nothing observed yet
+    STARTING = "starting"  # installing, starting, or health not yet passing
+    HEALTHY = "healthy"  # the health check passes
     UNHEALTHY = "unhealthy"  # the health check fails while the app should be up
-    FAILED = "failed"        # the agent gave up on this desired release (bad artifact, crash)
+    FAILED = "failed"  # the agent gave up on this desired release (bad artifact, crash)
 
 
 class HostView(_Frozen):

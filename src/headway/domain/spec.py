@@ -30,7 +30,13 @@ from headway.errors import SpecError
 NAME_PATTERN = r"^[a-z0-9]([a-z0-9-]{0,61}[a-z0-9])?$"
 _NAME = re.compile(NAME_PATTERN)
 
-Duration = Annotated[float, BeforeValidator(parse_duration), PlainSerializer(lambda v: f"{v:g}s")]
+def format_duration(seconds: float) -> str:
+    """The inverse of `parse_duration`, exact and readable: ``2.0`` -> ``'2s'``, ``1e-05`` -> ``'0.00001s'``."""
+    text = f"{seconds:.6f}".rstrip("0").rstrip(".")
+    return f"{text}s"
+
+
+Duration = Annotated[float, BeforeValidator(parse_duration), PlainSerializer(format_duration)]
 HostBudget = Annotated[Budget, BeforeValidator(Budget.parse), PlainSerializer(str)]
 Command = Annotated[list[str], Field(min_length=1)]
 
@@ -206,7 +212,9 @@ def parse_service_spec(data: Any) -> ServiceSpec:
     try:
         return ServiceSpec.model_validate(data)
     except ValidationError as error:
-        raise SpecError(f"invalid service spec: {_describe(error)}", hint="fix the fields named") from None
+        raise SpecError(
+            f"invalid service spec: {_describe(error)}", hint="fix the fields named"
+        ) from None
 
 
 def load_service_yaml(text: str) -> ServiceSpec:
@@ -215,5 +223,7 @@ def load_service_yaml(text: str) -> ServiceSpec:
     except yaml.YAMLError as error:
         mark = getattr(error, "problem_mark", None)
         where = f" at line {mark.line + 1}, column {mark.column + 1}" if mark else ""
-        raise SpecError(f"the YAML is malformed{where}", hint="check indentation and quoting") from None
+        raise SpecError(
+            f"the YAML is malformed{where}", hint="check indentation and quoting"
+        ) from None
     return parse_service_spec(data)
