@@ -76,7 +76,7 @@ def wait_until(predicate: Callable[[], Any], timeout: float = 15.0, what: str = 
 class FakeServer:
     """Serves the agent channel and artifacts; records hellos, reports and artifact GETs."""
 
-    def __init__(self) -> None:
+    def __init__(self, port: int = 0) -> None:
         self.artifacts: dict[str, bytes] = {}
         self.artifact_gets: list[str] = []
         self.artifact_delay: dict[str, float] = {}
@@ -91,7 +91,8 @@ class FakeServer:
             Route("/stream/{digest}", self._stream),
         ])
         self.sock = socket.socket()
-        self.sock.bind(("127.0.0.1", 0))
+        self.sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        self.sock.bind(("127.0.0.1", port))
         self.url = f"http://127.0.0.1:{self.sock.getsockname()[1]}"
         config = uvicorn.Config(app, ws="websockets-sansio", loop="asyncio", lifespan="off",
                                 log_level="warning", ws_ping_interval=None)

@@ -234,3 +234,31 @@ def test_commands_executor_runs_the_services_own_start_and_stop(
     assert agent.get()[:2] == (200, "v2")
     assert not pid_alive(first)
     assert app_json(agent)["executor"] == "commands" and app_json(agent)["pid"] is None
+
+
+def test_reports_on_heartbeat_and_reconnects_to_a_returning_server(
+    server: FakeServer, make_agent: MakeAgent, tmp_path: Path
+) -> None:
+    v1 = server.add_release("v1", tmp_path)
+    agent = make_agent("h10").start()
+    server.set_desired("h10", desired(1, 1, v1, service()))
+    server.wait_observed("h10", release=1, generation=1, health=Health.HEALTHY)
+    before = len(server.reports["h10"])
+    wait_until(lambda: len(server.reports["h10"]) >= before + 2, 3.5, "two heartbeats")
+    pid = agent.app_pids()
+
+    port = int(server.url.rsplit(":", 1)[1])
+    server.stop()
+    wait_until(lambda: "unreachable" in agent.log(), 10, "the agent to notice")
+    assert agent.get()[:2] == (200, "v1")          # the app serves on without a server
+    back = FakeServer(port)
+    back.artifacts = server.artifacts
+    back.start()
+    try:
+        back.set_desired("h10", desired(1, 1, v1, service()))
+        back.wait_observed("h10", release=1, generation=1, health=Health.HEALTHY, timeout=10)
+        assert back.hellos[0].observed.release == 1
+        assert agent.app_pids() == pid and back.artifact_gets == []
+        assert agent.log().count("unreachable") == 1   # one line, not one per retry
+    finally:
+        back.stop()

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import io
+import os
 import socket
 import tarfile
 from pathlib import Path
@@ -151,3 +152,17 @@ def test_unreachable_source_is_worth_a_retry(tmp_path: Path) -> None:
     ref = ArtifactRef(digest="sha256:" + "0" * 64, size=10, url="")
     with pytest.raises(ServerUnreachable, match="unreachable"):
         asyncio.run(cache.fetch(ref, "v1"))
+
+
+def test_prune_keeps_the_three_newest_releases_and_what_is_in_use(tmp_path: Path) -> None:
+    cache = ArtifactCache(tmp_path, "http://127.0.0.1:1", TOKEN, SystemClock())
+    names = [f"v{n}-{n:012x}" for n in range(1, 6)]
+    for age, name in enumerate(reversed(names)):
+        (cache.releases / name).mkdir(parents=True)
+        os.utime(cache.releases / name, (1000 - age, 1000 - age))
+        (cache.artifacts).mkdir(exist_ok=True)
+        (cache.artifacts / f"{name[3:]}{'0' * 52}.tar.gz").write_bytes(b"x")
+    cache.prune(keep={"v1-000000000001"})
+    assert sorted(p.name for p in cache.releases.iterdir()) == [
+        "v1-000000000001", "v3-000000000003", "v4-000000000004", "v5-000000000005"]
+    assert len(list(cache.artifacts.iterdir())) == 4
