@@ -24,9 +24,18 @@ class AgentSession:
         self.websocket = websocket
         self._pending: str | None = None
         self._wake = asyncio.Event()
+        self._generation = -1
         self.closed = False
 
     def push(self, message: Desired) -> None:
+        """Queue ``message`` unless a newer generation was queued already.
+
+        Agents treat every desired message as the newest, so a stale one
+        (say, the answer to a hello computed before a later change) is dropped.
+        """
+        if message.generation < self._generation:
+            return
+        self._generation = message.generation
         self._pending = message.model_dump_json()
         self._wake.set()
 
