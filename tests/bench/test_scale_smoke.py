@@ -1,0 +1,41 @@
+"""Smoke test of bench/scale.py: the benchmark runs end to end on a tiny fleet.
+
+No timing is asserted here: benchmarks are measured with `python bench/scale.py`
+and recorded in docs/benchmarks.md.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+import sys
+from pathlib import Path
+from types import ModuleType
+
+import pytest
+
+pytestmark = pytest.mark.integration
+
+SCRIPT = Path(__file__).resolve().parents[2] / "bench" / "scale.py"
+
+
+def load_bench() -> ModuleType:
+    spec = importlib.util.spec_from_file_location("headway_bench_scale", SCRIPT)
+    assert spec is not None and spec.loader is not None
+    module = importlib.util.module_from_spec(spec)
+    sys.modules[spec.name] = module  # dataclasses look their module up by name
+    spec.loader.exec_module(module)
+    return module
+
+
+def test_scale_bench_rolls_out_and_back_on_20_agents(capsys: pytest.CaptureFixture[str]) -> None:
+    bench = load_bench()
+    result = bench.main(["--agents", "20", "--restart-time", "0.05", "--json"])
+    assert result.rollout_status == "succeeded"
+    assert result.rollback_status == "succeeded"
+    assert result.extra_restarts == 0
+    assert result.server_peak_rss_mib > 0 and result.server_cpu_s > 0
+    printed = json.loads(capsys.readouterr().out)
+    assert printed["agents"] == 20
+    assert printed["rollout_status"] == "succeeded"
+    assert set(printed["server_cpu_by_phase_s"]) == {"setup", "install", "rollout", "rollback"}
