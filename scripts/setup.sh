@@ -9,9 +9,10 @@ cd "$(dirname "${BASH_SOURCE[0]}")/.."
 
 # --- Debian packages the project needs ------------------------------------------------------
 # One name per entry. Installed with apt-get only when running as root and missing.
-# To come: haproxy (traffic adapter tests), chromium (browser tests).
+# To come: chromium (browser tests).
 DEBIAN_PACKAGES=(
   python3-venv
+  haproxy # the local fleet's load balancer; traffic adapter tests (headway.traffic)
 )
 
 log() { printf 'setup: %s\n' "$*" >&2; }
