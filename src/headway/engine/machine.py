@@ -207,13 +207,15 @@ def _observe(ctx: _Ctx, event: EngineEvent) -> None:
     host.connected = event.connected
     host.detail = event.detail
     converged = event.generation >= host.generation and event.release == host.desired_release
+    # a lost agent is reported with its last known health: that is not "seen healthy"
+    healthy_now = converged and event.connected and event.health is Health.HEALTHY
     failed_now = event.health is Health.FAILED and event.generation >= host.generation
     if host.phase in (HostPhase.UPDATING, HostPhase.REVERTING):
-        if converged and event.health is Health.HEALTHY:
+        if healthy_now:
             _host_healthy(ctx, host)
         elif failed_now:
             _host_failed(ctx, host, event.detail or "the agent reported the release failed")
-    elif host.phase is HostPhase.VERIFYING and not (converged and event.health is Health.HEALTHY):
+    elif host.phase is HostPhase.VERIFYING and not healthy_now:
         if failed_now:
             _host_failed(ctx, host, event.detail or "the agent reported the release failed")
         else:
@@ -223,7 +225,7 @@ def _observe(ctx: _Ctx, event: EngineEvent) -> None:
             ctx.record(
                 "host.flapped",
                 f"{host.name} stopped being healthy before {s.policy.min_healthy_time:g}s "
-                f"({event.health.value}); waiting again",
+                f"({event.health.value if event.connected else 'disconnected'}); waiting again",
                 host.name,
             )
     _refresh(s, host)
@@ -282,6 +284,8 @@ def _pause(ctx: _Ctx, event: EngineEvent) -> None:
     ctx.s.reason = f"paused by {event.actor or 'an operator'}" + (
         f": {event.reason}" if event.reason else ""
     )
+    # waiting while paused is not "no progress": the stall clock starts again on resume
+    _set_blocked(ctx, "")
     ctx.record("rollout.paused", ctx.s.reason + "; hosts already changing finish their change")
 
 
@@ -431,14 +435,27 @@ def _host_failed(ctx: _Ctx, host: HostTrack, why: str) -> None:
 
 
 def _adopt_new_host(ctx: _Ctx, host: HostTrack) -> None:
-    """A host that registered mid-rollout gets the rollout's current target (reliability 11)."""
+    """A host that registered mid-rollout gets the rollout's current target (reliability 11).
+
+    One that is out of service anyway (nothing installed yet, unhealthy) is told at
+    once: that costs no capacity. One that is in service waits for its turn under the
+    budget (I1): going forward, in a batch of its own at the end of the plan; going
+    back, at the end of the revert queue. Either way the rollout does not end before
+    the host has been dealt with.
+    """
     s = ctx.s
     if s.phase in (P.RUNNING, P.PAUSED):
-        s.touched.append(host.name)
-        _send(ctx, host, s.to_release, HostPhase.UPDATING)
+        s.plan.append(Batch((host.name,)))
+        host.batch = len(s.plan) - 1
+        if not host.available:
+            s.touched.append(host.name)
+            _send(ctx, host, s.to_release, HostPhase.UPDATING)
     elif s.phase is P.ROLLING_BACK and s.from_release is not None:
-        s.revert_open += 1
-        _send(ctx, host, s.from_release, HostPhase.REVERTING)
+        if host.available:
+            s.revert_queue.append(host.name)
+        else:
+            s.revert_open += 1
+            _send(ctx, host, s.from_release, HostPhase.REVERTING)
 
 
 # ------------------------------------------------------------------- progress
@@ -452,7 +469,11 @@ def _enter_step(ctx: _Ctx) -> None:
     s.waiting_promote = False
     if s.step_index < len(s.plan):
         current = s.plan[s.step_index]
-        s.step_open = len(current.hosts) if isinstance(current, Batch) else 0
+        s.step_open = 0
+        if isinstance(current, Batch):
+            # a host adopted mid-rollout may be done (or failed) before its batch comes
+            closed = (HostPhase.DONE, HostPhase.FAILED)
+            s.step_open = sum(s.hosts[name].phase not in closed for name in current.hosts)
         ctx.record("step.started", f"step {s.step_index + 1}/{len(s.plan)}: {current.describe()}")
 
 
@@ -561,7 +582,8 @@ def _advance_rollback(ctx: _Ctx) -> None:
     assert s.from_release is not None
     while s.cursor < len(s.revert_queue):
         host = s.hosts[s.revert_queue[s.cursor]]
-        if host.phase not in TOUCHED:
+        # touched hosts, and hosts that registered during the rollback (still pending)
+        if host.phase not in TOUCHED and host.phase is not HostPhase.PENDING:
             s.cursor += 1
             continue
         if host.available and s.unavailable >= s.policy.max_unavailable:

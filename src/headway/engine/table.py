@@ -29,8 +29,9 @@ TABLE: dict[tuple[P, str], Transition] = {
     (P.RUNNING, "observed"): Transition(
         "observe", (P.RUNNING, P.ROLLING_BACK, P.FAILED, P.SUCCEEDED), "host report"
     ),
+    # a stall with no host touched yet rolls back at once: rolled_back on the same tick
     (P.RUNNING, "tick"): Transition(
-        "tick", (P.RUNNING, P.ROLLING_BACK, P.FAILED, P.SUCCEEDED), "deadline"
+        "tick", (P.RUNNING, P.ROLLING_BACK, P.ROLLED_BACK, P.FAILED, P.SUCCEEDED), "deadline"
     ),
     (P.PAUSED, "observed"): Transition(
         "observe", (P.PAUSED, P.ROLLING_BACK, P.FAILED), "host report"
@@ -45,14 +46,20 @@ TABLE: dict[tuple[P, str], Transition] = {
     # operators
     (P.RUNNING, "pause"): Transition("pause", (P.PAUSED,), "pause"),
     (P.PAUSED, "pause"): Transition("noop", (P.PAUSED,), "pause (already paused)"),
-    (P.PAUSED, "resume"): Transition("resume", (P.RUNNING,), "resume"),
+    # resume succeeds at once when the last hosts finished while paused
+    (P.PAUSED, "resume"): Transition("resume", (P.RUNNING, P.SUCCEEDED), "resume"),
     (P.RUNNING, "resume"): Transition("noop", (P.RUNNING,), "resume (already running)"),
     (P.RUNNING, "promote"): Transition("promote", (P.RUNNING, P.SUCCEEDED), "promote"),
     (P.PAUSED, "promote"): Transition("promote", (P.RUNNING, P.SUCCEEDED), "promote"),
-    (P.RUNNING, "abort"): Transition("abort", (P.ROLLING_BACK, P.ABORTED), "abort"),
-    (P.PAUSED, "abort"): Transition("abort", (P.ROLLING_BACK, P.ABORTED), "abort"),
-    (P.RUNNING, "rollback"): Transition("rollback", (P.ROLLING_BACK, P.ROLLED_BACK), "rollback"),
-    (P.PAUSED, "rollback"): Transition("rollback", (P.ROLLING_BACK, P.ROLLED_BACK), "rollback"),
+    # abort and rollback of a first rollout (no previous release) end it failed
+    (P.RUNNING, "abort"): Transition("abort", (P.ROLLING_BACK, P.ABORTED, P.FAILED), "abort"),
+    (P.PAUSED, "abort"): Transition("abort", (P.ROLLING_BACK, P.ABORTED, P.FAILED), "abort"),
+    (P.RUNNING, "rollback"): Transition(
+        "rollback", (P.ROLLING_BACK, P.ROLLED_BACK, P.FAILED), "rollback"
+    ),
+    (P.PAUSED, "rollback"): Transition(
+        "rollback", (P.ROLLING_BACK, P.ROLLED_BACK, P.FAILED), "rollback"
+    ),
     (P.ROLLING_BACK, "abort"): Transition(
         "noop", (P.ROLLING_BACK,), "abort (already rolling back)"
     ),

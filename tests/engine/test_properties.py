@@ -1,0 +1,533 @@
+"""The engine under random faults: a Hypothesis state machine over a simulated fleet.
+
+A fleet of 3-20 hosts with random rolling parameters; each host has an agent
+that converges to what it is told (healthy, or failed or unhealthy by a fault
+drawn per host). Rules deliver, lose and repeat reports, break and mend hosts
+outside the rollout, disconnect agents, fire timers early and late, and issue
+operator commands. After every rule the invariants of `checks` hold (I1 at the
+moment of each SetDesired, I3 per step, counters against a recount), a copy of
+the state made by a JSON round trip behaves exactly like the original, and at
+the end a fleet that behaves lets ticking to `next_deadline` end the rollout,
+with I2 checked on the way out.
+
+A failure prints the rules that led to it (shrunk), with notes, and a
+``@reproduce_failure`` blob.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+
+from hypothesis import HealthCheck, event, note, settings
+from hypothesis import strategies as st
+from hypothesis.stateful import (
+    RuleBasedStateMachine,
+    initialize,
+    invariant,
+    precondition,
+    rule,
+)
+
+from headway.domain.models import Health, HostView, RolloutStatus
+from headway.domain.spec import RollingStrategy
+from headway.engine import machine
+from headway.engine.actions import RecordEvent, SetDesired
+from headway.engine.events import Command, EngineEvent, HostObserved, OperatorCommand, Tick
+from headway.engine.plan import Batch, Pause
+from headway.engine.state import HostPhase, RolloutState
+from headway.engine.table import TABLE
+from headway.errors import IllegalTransition
+
+from .checks import Ledger, check_state
+
+P = RolloutStatus
+
+
+@dataclass
+class Agent:
+    """A host's agent as the simulation sees it: converges to the newest desired state."""
+
+    name: str
+    release: int | None
+    generation: int
+    health: Health
+    fault: str = "ok"  # how it does on the target release
+    revert_fault: bool = False  # cannot go back to the previous release
+    sick: bool = False  # broken on its own, whatever it runs
+    connected: bool = True
+    moved: bool = False  # told to change by this rollout
+    reports: list[HostObserved] = field(default_factory=list)
+
+    def settle(self, to_release: int) -> None:
+        if self.release == to_release and self.fault == "fail":
+            self.health = Health.FAILED
+        elif self.release == to_release and self.fault == "unhealthy":
+            self.health = Health.UNHEALTHY
+        elif self.release != to_release and self.moved and self.revert_fault:
+            self.health = Health.FAILED
+        elif self.sick:
+            self.health = Health.UNHEALTHY
+        else:
+            self.health = Health.HEALTHY
+
+    def report(self) -> HostObserved:
+        observed = HostObserved(
+            self.name, self.release, self.generation, self.health, self.connected
+        )
+        self.reports.append(observed)
+        return observed
+
+
+def _operator_pair_legal(state: RolloutState, command: Command) -> bool:
+    if (state.phase, command.value) not in TABLE:
+        return False
+    if command is Command.PROMOTE and state.phase is P.RUNNING:
+        # the table lets promote reach its handler; the handler refuses when the rollout
+        # is not at a pause step (nothing to promote)
+        current = state.plan[state.step_index] if state.step_index < len(state.plan) else None
+        return isinstance(current, Pause)
+    return True
+
+
+class RolloutMachine(RuleBasedStateMachine):
+    def __init__(self) -> None:
+        super().__init__()
+        self.started = False
+        self.broken = False
+
+    # ------------------------------------------------------------- set-up
+
+    @initialize(
+        hosts=st.integers(3, 20),
+        batch=st.one_of(st.integers(1, 6), st.sampled_from(["10%", "25%", "50%", "100%"])),
+        max_unavailable=st.one_of(st.none(), st.integers(1, 4), st.sampled_from(["20%", "50%"])),
+        min_healthy=st.sampled_from([0.0, 1.0, 5.0, 10.0]),
+        deadline=st.sampled_from([15.0, 30.0, 60.0, 120.0]),
+        failure_budget=st.integers(0, 2),
+        auto_rollback=st.sampled_from([True, True, True, False]),
+        first=st.integers(0, 9),
+        faults=st.lists(
+            st.tuples(st.integers(0, 19), st.sampled_from(["fail", "unhealthy", "revert"])),
+            max_size=3,
+        ),
+        at_start=st.lists(
+            st.tuples(st.integers(0, 19), st.sampled_from(["on-target", "sick", "offline"])),
+            max_size=3,
+        ),
+        pauses=st.lists(st.sampled_from([None, 5.0, 30.0]), max_size=2),
+    )
+    def start(
+        self,
+        hosts: int,
+        batch: int | str,
+        max_unavailable: int | str | None,
+        min_healthy: float,
+        deadline: float,
+        failure_budget: int,
+        auto_rollback: bool,
+        first: int,
+        faults: list[tuple[int, str]],
+        at_start: list[tuple[int, str]],
+        pauses: list[float | None],
+    ) -> None:
+        self.now = 1000.0
+        self.from_release: int | None = None if first == 0 else 1
+        self.to_release = 2
+        self.agents: dict[str, Agent] = {}
+        for i in range(hosts):
+            name = f"h{i:02d}"
+            if self.from_release is None:
+                agent = Agent(name, None, 0, Health.UNKNOWN)
+            else:
+                agent = Agent(name, 1, 1, Health.HEALTHY)
+            for index, fault in faults:
+                if index == i and fault == "revert":
+                    agent.revert_fault = True
+                elif index == i:
+                    agent.fault = fault
+            for index, how in at_start:
+                if index != i:
+                    continue
+                if how == "on-target":  # a host some earlier attempt already moved
+                    agent.release = self.to_release
+                elif how == "sick":
+                    agent.sick = True
+                else:
+                    agent.connected = False
+                agent.settle(self.to_release)
+            self.agents[name] = agent
+        strategy = RollingStrategy.model_validate(
+            {
+                "batch_size": batch,
+                "max_unavailable": max_unavailable,
+                "min_healthy_time": min_healthy,
+                "progress_deadline": deadline,
+                "failure_budget": failure_budget,
+                "auto_rollback": auto_rollback,
+            }
+        )
+        views = [
+            HostView(
+                name=a.name,
+                service="web",
+                address="127.0.0.1",
+                desired_release=a.release,
+                generation=a.generation,
+                observed_release=a.release,
+                observed_generation=a.generation,
+                health=a.health,
+                connected=a.connected,
+            )
+            for a in self.agents.values()
+        ]
+        decision = machine.new_rollout(
+            rollout_id="r",
+            service="web",
+            from_release=self.from_release,
+            to_release=self.to_release,
+            strategy=strategy,
+            hosts=views,
+            now=self.now,
+        )
+        self.state = _with_pauses(decision.state, pauses)
+        self.twin = _round_trip(self.state)
+        self.ledger = Ledger.start(decision)
+        self.pending: list[SetDesired] = []
+        self.joined = 0
+        self.steps = 0
+        self.ended_checked = False
+        self._queue(decision.actions)
+        self.started = True
+        note(
+            f"fleet of {hosts}, v{self.from_release} -> v2, batch={batch} "
+            f"max_unavailable={max_unavailable} (resolved {self.state.policy.max_unavailable}) "
+            f"min_healthy={min_healthy:g} deadline={deadline:g} budget={failure_budget} "
+            f"auto_rollback={auto_rollback} pauses={pauses}; faults: "
+            + ", ".join(
+                f"{a.name}:{a.fault}{'+revert' if a.revert_fault else ''}"
+                for a in self.agents.values()
+                if a.fault != "ok" or a.revert_fault
+            )
+        )
+
+    # ------------------------------------------------------------- plumbing
+
+    def _queue(self, actions: Sequence[object]) -> None:
+        for action in actions:
+            if isinstance(action, SetDesired):
+                self.pending.append(action)
+                note(f"  -> SetDesired {action.host}=v{action.release} g{action.generation}")
+
+    def _step(self, event: EngineEvent) -> machine.Decision | None:
+        """Feed one event to the engine and to its round-tripped twin; check both agree."""
+        self.steps += 1
+        try:
+            return self._checked_step(event)
+        except AssertionError:
+            self.broken = True  # the twin and the ledger are out of step: no teardown
+            raise
+
+    def _checked_step(self, event: EngineEvent) -> machine.Decision | None:
+        state = self.state
+        kind = event.command if isinstance(event, OperatorCommand) else None
+        legal = kind is None or _operator_pair_legal(state, kind)
+        before = state.to_dict()
+        try:
+            decision = self.ledger.step(state, event, self.now)
+        except IllegalTransition as error:
+            assert not legal, f"{event} refused in {state.phase.value}: {error}"
+            if kind is not Command.PROMOTE or state.phase is not P.RUNNING:
+                named = state.phase.value in str(error) and event_name(event) in str(error)
+                assert named, f"the refusal does not name the phase and the event: {error}"
+            assert state.to_dict() == before, "a refused event changed the state"
+            try:
+                machine.step(self.twin, event, self.now)
+            except IllegalTransition:
+                pass
+            else:
+                raise AssertionError("the twin accepted what the original refused") from None
+            note(f"  refused: {error}")
+            return None
+        assert legal, f"{event} accepted in {RolloutStatus(before['phase']).value}"
+        twin_decision = machine.step(self.twin, event, self.now)
+        assert twin_decision.actions == decision.actions, "the round-tripped twin acted differently"
+        assert self.twin.to_dict() == state.to_dict(), "the round-tripped twin diverged"
+        assert machine.next_deadline(self.twin) == machine.next_deadline(state)
+        self._queue(decision.actions)
+        return decision
+
+    def _deliver_report(self, agent: Agent) -> None:
+        self._step(agent.report())
+
+    def _agent(self, index: int) -> Agent:
+        names = list(self.agents)
+        return self.agents[names[index % len(names)]]
+
+    # ------------------------------------------------------------- rules: agents
+
+    @precondition(lambda self: any(self.agents[a.host].connected for a in self.pending))
+    @rule(index=st.integers(0, 1000), lose=st.integers(0, 5))
+    def deliver(self, index: int, lose: int) -> None:
+        """The driver hands a SetDesired to its agent; the agent converges and reports."""
+        ready = [i for i, a in enumerate(self.pending) if self.agents[a.host].connected]
+        action = self.pending.pop(ready[index % len(ready)])
+        agent = self.agents[action.host]
+        if action.generation <= agent.generation:
+            note(f"deliver {action.host} g{action.generation}: older than g{agent.generation}")
+            return
+        agent.release = action.release
+        agent.generation = action.generation
+        agent.moved = True
+        agent.settle(self.to_release)
+        note(f"deliver {action.host}=v{action.release} g{action.generation} -> {agent.health}")
+        if lose == 0:
+            note("  report lost")
+            return
+        self._deliver_report(agent)
+
+    @rule(index=st.integers(0, 1000))
+    def heartbeat(self, index: int) -> None:
+        """An agent reports what it observes now (level-triggered)."""
+        agent = self._agent(index)
+        if agent.connected:
+            note(f"heartbeat {agent.name}: v{agent.release} g{agent.generation} {agent.health}")
+            self._deliver_report(agent)
+
+    @rule(index=st.integers(0, 1000), pick=st.integers(0, 1000))
+    def repeat_old_report(self, index: int, pick: int) -> None:
+        """A delayed or duplicated report arrives again (maybe of an older generation)."""
+        agent = self._agent(index)
+        if agent.reports:
+            old = agent.reports[pick % len(agent.reports)]
+            note(f"repeat {old.host}: v{old.release} g{old.generation} {old.health}")
+            self._step(old)
+
+    @rule(index=st.integers(0, 1000))
+    def break_host(self, index: int) -> None:
+        """A host fails on its own, whatever the rollout does with it."""
+        agent = self._agent(index)
+        agent.sick = True
+        agent.settle(self.to_release)
+        note(f"break {agent.name} -> {agent.health}")
+        if agent.connected:
+            self._deliver_report(agent)
+
+    @precondition(lambda self: any(h.phase is HostPhase.VERIFYING for h in self.state.hosts.values()))
+    @rule(index=st.integers(0, 1000))
+    def flap(self, index: int) -> None:
+        """A host being verified on the new release stops being healthy for a moment."""
+        verifying = [n for n, h in self.state.hosts.items() if h.phase is HostPhase.VERIFYING]
+        agent = self.agents[verifying[index % len(verifying)]]
+        agent.sick = True
+        agent.settle(self.to_release)
+        note(f"flap {agent.name} -> {agent.health}")
+        self._deliver_report(agent)
+        agent.sick = False
+        agent.settle(self.to_release)
+
+    @rule(index=st.integers(0, 1000))
+    def mend_host(self, index: int) -> None:
+        agent = self._agent(index)
+        agent.sick = False
+        agent.settle(self.to_release)
+        note(f"mend {agent.name} -> {agent.health}")
+        if agent.connected:
+            self._deliver_report(agent)
+
+    @rule(index=st.integers(0, 1000))
+    def disconnect(self, index: int) -> None:
+        """The agent's channel drops: the server reports its last observation, disconnected."""
+        agent = self._agent(index)
+        if agent.connected:
+            agent.connected = False
+            note(f"disconnect {agent.name}")
+            self._step(
+                HostObserved(agent.name, agent.release, agent.generation, agent.health, False)
+            )
+
+    @rule(index=st.integers(0, 1000))
+    def reconnect(self, index: int) -> None:
+        agent = self._agent(index)
+        if not agent.connected:
+            agent.connected = True
+            note(f"reconnect {agent.name}")
+            self._deliver_report(agent)
+
+    @precondition(lambda self: self.joined < 3)
+    @rule(fresh=st.booleans())
+    def register_host(self, fresh: bool) -> None:
+        """A new host registers mid-rollout: nothing installed yet, or serving the old release."""
+        name = f"n{self.joined}"
+        self.joined += 1
+        if fresh or self.from_release is None:
+            agent = Agent(name, None, 0, Health.STARTING)
+        else:
+            agent = Agent(name, self.from_release, 1, Health.HEALTHY)
+        self.agents[name] = agent
+        self.ledger.generation[name] = agent.generation
+        self.ledger.desired[name] = agent.release
+        note(f"register {name}: v{agent.release} {agent.health}")
+        self._deliver_report(agent)
+
+    # ------------------------------------------------------------- rules: time
+
+    @rule(seconds=st.sampled_from([0.5, 1.0, 1.0, 2.0, 3.0, 5.0, 5.0, 10.0, 30.0, 61.0]))
+    def advance(self, seconds: float) -> None:
+        self.now += seconds
+        note(f"advance {seconds:g}s (t={self.now:g})")
+        self._step(Tick())
+
+    @rule(late=st.sampled_from([0.0, 0.001, 2.0, 45.0]))
+    def timer_fires(self, late: float) -> None:
+        """The driver wakes up at (or some time after) next_deadline."""
+        deadline = machine.next_deadline(self.state)
+        if deadline is not None:
+            self.now = max(self.now, deadline + late)
+            note(f"timer at t={self.now:g} (deadline {deadline:g})")
+            self._step(Tick())
+
+    @rule(fraction=st.sampled_from([0.0, 0.5, 0.999]))
+    def early_tick(self, fraction: float) -> None:
+        """A Tick before next_deadline changes nothing."""
+        deadline = machine.next_deadline(self.state)
+        if deadline is None or deadline <= self.now:
+            return
+        at = self.now + fraction * (deadline - self.now)
+        if at >= deadline:  # float rounding left no room before the deadline
+            return
+        self.now = at
+        before = self.state.to_dict()
+        note(f"early tick at t={self.now:g} (deadline {deadline:g})")
+        decision = self._step(Tick())
+        assert decision is not None and decision.actions == [], "an early tick acted"
+        assert self.state.to_dict() == before, "an early tick changed the state"
+        assert machine.next_deadline(self.state) == deadline
+
+    # ------------------------------------------------------------- rules: operators
+
+    @rule(command=st.sampled_from(list(Command)), actor=st.sampled_from(["", "alice"]))
+    def operator(self, command: Command, actor: str) -> None:
+        note(f"{command.value} by {actor or '-'} (phase {self.state.phase.value})")
+        self._step(OperatorCommand(command, actor=actor))
+
+    @rule()
+    def round_trip(self) -> None:
+        """The state is stored and loaded (JSON): the copy carries on exactly like the original."""
+        self.twin = _round_trip(self.state)
+
+    # ------------------------------------------------------------- invariants
+
+    @invariant()
+    def counters_agree(self) -> None:
+        if self.started:
+            check_state(self.state)
+
+    @invariant()
+    def ended_well(self) -> None:
+        if self.started and self.state.phase.terminal and not self.ended_checked:
+            self.ended_checked = True
+            self.ledger.check_end(self.state, _planned(self.state))
+
+    def teardown(self) -> None:
+        """Liveness: once the fleet behaves, ticking to next_deadline ends the rollout."""
+        if not self.started or self.broken:
+            return
+        note("--- the fleet behaves from here on")
+        self.steps_before_teardown = self.steps
+        for agent in self.agents.values():
+            if agent.sick or not agent.connected:
+                agent.sick = False
+                agent.connected = True
+                agent.settle(self.to_release)
+                self._deliver_report(agent)
+        for _ in range(400):
+            if self.state.phase.terminal:
+                break
+            if self.pending:
+                action = self.pending.pop(0)
+                agent = self.agents[action.host]
+                if action.generation > agent.generation:
+                    agent.release, agent.generation = action.release, action.generation
+                    agent.moved = True
+                    agent.settle(self.to_release)
+                    self._deliver_report(agent)
+                continue
+            for agent in self.agents.values():
+                track = self.state.hosts.get(agent.name)
+                if track is None or (
+                    track.observed_generation,
+                    track.health,
+                    track.connected,
+                ) != (agent.generation, agent.health, True):
+                    self._deliver_report(agent)  # a report lost earlier
+            if self.pending or self.state.phase.terminal:
+                continue
+            if self.state.waiting_promote and self.state.phase is P.RUNNING:
+                self._step(OperatorCommand(Command.PROMOTE, actor="teardown"))
+                continue
+            deadline = machine.next_deadline(self.state)
+            if deadline is None and self.state.phase is P.PAUSED:
+                # hosts in flight have finished while paused: now resume
+                self._step(OperatorCommand(Command.RESUME, actor="teardown"))
+                continue
+            assert deadline is not None, (
+                f"stuck: {self.state.phase.value} with nothing to wait for ({self.state.blocked})"
+            )
+            self.now = max(self.now, deadline)
+            self._step(Tick())
+        assert self.state.phase.terminal, f"the rollout did not end: {self.state.phase.value}"
+        note(f"ended {self.state.phase.value}: {self.state.reason}")
+        event(f"ended {self.state.phase.value}")
+        kinds = {a.kind for a in self.ledger.actions if isinstance(a, RecordEvent)}
+        for kind in ("rollout.promoted", "rollout.paused", "host.flapped", "host.reverted"):
+            if kind in kinds:
+                event(f"saw {kind}")
+        for why in ("rollback is off", "brought back", "rollback stopped", "no previous", "no progress"):
+            if why in self.state.reason:
+                event(f"  because {why}")
+        event(f"steps before teardown: {min(self.steps_before_teardown // 20 * 20, 60)}+")
+        self.ended_well()
+
+
+def event_name(event: EngineEvent) -> str:
+    if isinstance(event, OperatorCommand):
+        return event.command.value
+    return "observed" if isinstance(event, HostObserved) else "tick"
+
+
+def _round_trip(state: RolloutState) -> RolloutState:
+    return RolloutState.from_dict(json.loads(json.dumps(state.to_dict())))
+
+
+def _with_pauses(state: RolloutState, pauses: list[float | None]) -> RolloutState:
+    """The same rollout with pause steps after its next batches, as a canary planner makes.
+
+    The rolling planner makes no pauses yet; a stored state may hold them, and the
+    engine runs them (promote, timed pauses), so the rules exercise them too.
+    """
+    if state.phase.terminal or not pauses:
+        return state
+    data = state.to_dict()
+    plan = data["plan"]
+    for k, seconds in enumerate(pauses):
+        plan.insert(min(state.step_index + 1 + 2 * k, len(plan)), {"type": "pause", "seconds": seconds})
+    batch_of = {n: i for i, s in enumerate(plan) if s["type"] == "batch" for n in s["hosts"]}
+    for host in data["hosts"]:
+        host["batch"] = batch_of.get(host["name"], -1)
+    return RolloutState.from_dict(data)
+
+
+def _planned(state: RolloutState) -> list[str]:
+    return [name for step in state.plan if isinstance(step, Batch) for name in step.hosts]
+
+
+RolloutMachine.TestCase.settings = settings(
+    max_examples=1000,
+    stateful_step_count=80,
+    deadline=None,
+    print_blob=True,
+    suppress_health_check=[HealthCheck.too_slow],
+)
+TestRollout = RolloutMachine.TestCase
