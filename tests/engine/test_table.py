@@ -10,13 +10,21 @@ import pytest
 from headway.domain.models import Health, HostView, RolloutStatus
 from headway.domain.spec import RollingStrategy
 from headway.engine import machine
-from headway.engine.events import Command, EngineEvent, HostObserved, OperatorCommand, Tick
+from headway.engine.events import (
+    Command,
+    EngineEvent,
+    HostObserved,
+    LoadReport,
+    OperatorCommand,
+    Tick,
+    TrafficDone,
+)
 from headway.engine.state import RolloutState
 from headway.engine.table import TABLE, mermaid
 from headway.errors import IllegalTransition
 
 P = RolloutStatus
-KINDS = ["observed", "tick", *(c.value for c in Command)]
+KINDS = ["observed", "tick", "traffic", "load", *(c.value for c in Command)]
 DOCS = Path(__file__).resolve().parents[2] / "docs"
 START, END = "<!-- engine-diagram:start -->", "<!-- engine-diagram:end -->"
 
@@ -26,6 +34,10 @@ def event_of(kind: str) -> EngineEvent:
         return HostObserved("h0", 2, 2, Health.HEALTHY)
     if kind == "tick":
         return Tick()
+    if kind == "traffic":
+        return TrafficDone("r:999", "h0", ok=True)
+    if kind == "load":
+        return LoadReport(10.0)
     return OperatorCommand(Command(kind), actor="alice")
 
 
@@ -70,7 +82,7 @@ def test_the_table_only_holds_known_phases_and_events() -> None:
 
 def test_reports_and_time_are_accepted_in_every_phase() -> None:
     for phase in RolloutStatus:
-        for kind in ("observed", "tick"):
+        for kind in ("observed", "tick", "traffic", "load"):
             assert (phase, kind) in TABLE, f"{phase.value} must take '{kind}'"
 
 

@@ -17,8 +17,10 @@ from pydantic import (
     BaseModel,
     BeforeValidator,
     ConfigDict,
+    Discriminator,
     Field,
     PlainSerializer,
+    Tag,
     ValidationError,
     field_validator,
     model_validator,
@@ -115,10 +117,12 @@ class HealthSpec(_Strict):
 
 class StrategyKind(StrEnum):
     ROLLING = "rolling"
+    CANARY = "canary"
+    BLUE_GREEN = "blue-green"
 
 
-class RollingStrategy(_Strict):
-    """Upgrade hosts in place, ``batch_size`` at a time.
+class _HostPolicy(_Strict):
+    """What every strategy shares: how hosts are judged and how many may be out at once.
 
     At most ``max_unavailable`` hosts of the service are out of service at
     once, counting hosts that failed on their own. A host counts as done
@@ -128,21 +132,16 @@ class RollingStrategy(_Strict):
     with ``auto_rollback``, roll every changed host back.
     """
 
-    type: Literal[StrategyKind.ROLLING] = StrategyKind.ROLLING
-    batch_size: HostBudget = Budget(25, True)
     max_unavailable: HostBudget | None = None
     min_healthy_time: Duration = 5.0
     progress_deadline: Duration = 120.0
     failure_budget: int = Field(default=0, ge=0)
     auto_rollback: bool = True
 
-    @model_validator(mode="after")
-    def _budgets_possible(self) -> RollingStrategy:
-        if self.batch_size.value == 0:
-            raise ValueError("strategy.batch_size is 0; a batch must hold at least 1 host (or 1%)")
+    def _check_policy(self) -> None:
         if self.max_unavailable is not None and self.max_unavailable.value == 0:
             raise ValueError(
-                "strategy.max_unavailable is 0 and rolling upgrades in place have no surge, "
+                "strategy.max_unavailable is 0 and upgrades in place have no surge, "
                 "so no host could ever be upgraded; set it to 1 or more (or a percentage)"
             )
         if self.progress_deadline <= 0:
@@ -152,6 +151,23 @@ class RollingStrategy(_Strict):
                 f"strategy.progress_deadline ({self.progress_deadline:g}s) must be longer than "
                 f"min_healthy_time ({self.min_healthy_time:g}s), or no host could ever finish"
             )
+
+    @property
+    def unavailable_budget(self) -> Budget:
+        return self.max_unavailable if self.max_unavailable is not None else Budget(25, True)
+
+
+class RollingStrategy(_HostPolicy):
+    """Upgrade hosts in place, ``batch_size`` at a time (``max_unavailable`` defaults to it)."""
+
+    type: Literal[StrategyKind.ROLLING] = StrategyKind.ROLLING
+    batch_size: HostBudget = Budget(25, True)
+
+    @model_validator(mode="after")
+    def _budgets_possible(self) -> RollingStrategy:
+        if self.batch_size.value == 0:
+            raise ValueError("strategy.batch_size is 0; a batch must hold at least 1 host (or 1%)")
+        self._check_policy()
         return self
 
     @property
@@ -159,7 +175,155 @@ class RollingStrategy(_Strict):
         return self.max_unavailable if self.max_unavailable is not None else self.batch_size
 
 
-Strategy = RollingStrategy
+PROMOTE = "promote"
+
+
+def _parse_pause(value: object) -> float | None:
+    if value == PROMOTE:
+        return None
+    return parse_duration(value)
+
+
+class CanaryStep(_Strict):
+    """One step: grow the canary to ``hosts`` (cumulative), or ``pause`` (a duration or
+    ``promote``: wait for `headway rollout promote`)."""
+
+    hosts: HostBudget | None = None
+    pause: Annotated[
+        float | None,
+        BeforeValidator(_parse_pause),
+        PlainSerializer(lambda v: PROMOTE if v is None else format_duration(v)),
+    ] = Field(default=-1.0)
+
+    @model_validator(mode="after")
+    def _one_kind(self) -> CanaryStep:
+        has_pause = self.pause is None or self.pause >= 0
+        if (self.hosts is None) == (not has_pause):
+            raise ValueError("each canary step is either {hosts: 25%} or {pause: 30s | promote}")
+        if self.hosts is not None and self.hosts.value == 0:
+            raise ValueError("a canary step of 0 hosts does nothing; use 1 or more (or 1%)")
+        return self
+
+    @property
+    def is_pause(self) -> bool:
+        return self.hosts is None
+
+
+class CanaryStrategy(_HostPolicy):
+    """Grow the share of hosts on the new release step by step (``5% -> 25% -> 100%``).
+
+    Steps are cumulative; a last step to 100% is added when missing. Between
+    steps, ``pause`` steps wait a duration or for an operator's promote.
+    """
+
+    type: Literal[StrategyKind.CANARY] = StrategyKind.CANARY
+    steps: list[CanaryStep] = Field(min_length=1)
+
+    @model_validator(mode="after")
+    def _growing(self) -> CanaryStrategy:
+        self._check_policy()
+        previous: Budget | None = None
+        for i, step in enumerate(self.steps):
+            if step.hosts is None:
+                continue
+            if previous is not None and previous.percent == step.hosts.percent:
+                if step.hosts.value <= previous.value:
+                    raise ValueError(
+                        f"strategy.steps.{i}: hosts {step.hosts} does not grow past the previous "
+                        f"step ({previous}); canary steps are cumulative"
+                    )
+            previous = step.hosts
+        return self
+
+
+class BlueGreenStrategy(_HostPolicy):
+    """Two pools of hosts (by the ``pool_label`` label): bring the idle pool to the new
+    release while it takes no traffic, verify it, shift traffic to it (``shift``:
+    shares of traffic, at once or in steps with ``pause`` between), and keep the old
+    pool on the old release for ``rollback_window``; a rollback shifts traffic back
+    at once."""
+
+    type: Literal[StrategyKind.BLUE_GREEN] = StrategyKind.BLUE_GREEN
+    pool_label: str = "pool"
+    pools: tuple[str, str] = ("blue", "green")
+    shift: list[HostBudget] = Field(default_factory=lambda: [Budget(100, True)], min_length=1)
+    pause: Annotated[
+        float | None,
+        BeforeValidator(_parse_pause),
+        PlainSerializer(lambda v: PROMOTE if v is None else format_duration(v)),
+    ] = 0.0
+    rollback_window: Duration = 60.0
+
+    @model_validator(mode="after")
+    def _shifts(self) -> BlueGreenStrategy:
+        self._check_policy()
+        if self.pools[0] == self.pools[1]:
+            raise ValueError("strategy.pools must name two different pools")
+        shares = []
+        for i, share in enumerate(self.shift):
+            if not share.percent:
+                raise ValueError(f"strategy.shift.{i}: write traffic shares as percentages (25%)")
+            shares.append(share.value)
+        if shares != sorted(set(shares)) or shares[-1] != 100:
+            raise ValueError("strategy.shift must grow strictly and end at 100%")
+        return self
+
+    @property
+    def unavailable_budget(self) -> Budget:
+        return self.max_unavailable if self.max_unavailable is not None else Budget(100, True)
+
+
+def _strategy_type(value: Any) -> str:
+    raw = value.get("type", "rolling") if isinstance(value, dict) else getattr(value, "type", "")
+    return str(raw.value if isinstance(raw, StrEnum) else raw)
+
+
+Strategy = Annotated[
+    Annotated[RollingStrategy, Tag("rolling")]
+    | Annotated[CanaryStrategy, Tag("canary")]
+    | Annotated[BlueGreenStrategy, Tag("blue-green")],
+    Discriminator(
+        _strategy_type,
+        custom_error_type="strategy_type",
+        custom_error_message="strategy.type must be one of rolling, canary, blue-green",
+    ),
+]
+
+
+class BalancerKind(StrEnum):
+    NONE = "none"
+    HAPROXY = "haproxy"
+    READINESS = "readiness"
+
+
+class HAProxyTraffic(_Strict):
+    socket: str                       # the runtime API socket (stats socket ... level admin)
+    backend: str
+
+
+class ReadinessTraffic(_Strict):
+    """A balancer that polls each host's readiness endpoint (served by the agent)."""
+
+    port: int = Field(ge=1, le=65535)
+    interval: Duration = 2.0          # the balancer's check interval
+    fall: int = Field(default=2, ge=1)  # failed checks before it stops sending
+
+
+class TrafficSpec(_Strict):
+    """Which load balancer fronts the service; drains happen there before a host changes."""
+
+    balancer: BalancerKind = BalancerKind.NONE
+    haproxy: HAProxyTraffic | None = None
+    readiness: ReadinessTraffic | None = None
+    max_rps_per_host: float | None = Field(default=None, gt=0)  # capacity guard headroom
+
+    @model_validator(mode="after")
+    def _configured(self) -> TrafficSpec:
+        if self.balancer is BalancerKind.HAPROXY and self.haproxy is None:
+            raise ValueError("traffic.balancer haproxy needs traffic.haproxy: {socket, backend}")
+        if self.balancer is BalancerKind.READINESS and self.readiness is None:
+            raise ValueError("traffic.balancer readiness needs traffic.readiness: {port}")
+        return self
 
 
 class ServiceSpec(_Strict):
@@ -172,6 +336,7 @@ class ServiceSpec(_Strict):
     run: RunSpec
     health: HealthSpec
     strategy: Strategy = Field(default_factory=RollingStrategy)
+    traffic: TrafficSpec = Field(default_factory=TrafficSpec)
     drain_timeout: Duration = 30.0
 
     @field_validator("name")

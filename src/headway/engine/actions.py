@@ -38,4 +38,35 @@ class RecordEvent:
     actor: str = ""
 
 
-Action = SetDesired | SetServiceRelease | RecordEvent
+@dataclass(frozen=True, slots=True)
+class Drain:
+    """Take ``host`` out of load balancing and wait for its requests in flight to end.
+
+    The answer comes back as a `TrafficDone` event with the same id; the host's
+    app is stopped only after it (the drain is confirmed, or its timeout passed).
+    """
+
+    action_id: str
+    host: str
+
+
+@dataclass(frozen=True, slots=True)
+class Admit:
+    """Put ``host`` (back) into load balancing, at ``weight`` if given; answered by `TrafficDone`."""
+
+    action_id: str
+    host: str
+    weight: int | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class SetLivePool:
+    """Blue-green: ``pool`` of the service takes the traffic from now on."""
+
+    action_id: str
+    service: str
+    pool: str
+
+
+Action = SetDesired | SetServiceRelease | RecordEvent | Drain | Admit | SetLivePool
+TrafficAction = Drain | Admit

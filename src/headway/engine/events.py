@@ -40,7 +40,24 @@ class OperatorCommand:
     reason: str = ""
 
 
-EngineEvent = HostObserved | Tick | OperatorCommand
+@dataclass(frozen=True, slots=True)
+class TrafficDone:
+    """The answer to a `Drain` or `Admit` action (same ``action_id``)."""
+
+    action_id: str
+    host: str
+    ok: bool
+    detail: str = ""
+
+
+@dataclass(frozen=True, slots=True)
+class LoadReport:
+    """Requests per second the service's hosts serve now (from the balancer's counters)."""
+
+    rps: float
+
+
+EngineEvent = HostObserved | Tick | OperatorCommand | TrafficDone | LoadReport
 
 
 def event_kind(event: EngineEvent) -> str:
@@ -49,4 +66,8 @@ def event_kind(event: EngineEvent) -> str:
         return event.command.value
     if isinstance(event, HostObserved):
         return "observed"
+    if isinstance(event, TrafficDone):
+        return "traffic"
+    if isinstance(event, LoadReport):
+        return "load"
     return "tick"

@@ -13,7 +13,7 @@ from enum import StrEnum
 from typing import Any
 
 from headway.domain.models import Health, RolloutStatus
-from headway.engine.plan import Step, step_from_dict, step_to_dict
+from headway.engine.plan import Shift, Step, step_from_dict, step_to_dict
 
 
 class HostPhase(StrEnum):
@@ -25,10 +25,27 @@ class HostPhase(StrEnum):
     REVERTING = "reverting"  # told to go back to the previous release
     REVERTED = "reverted"  # healthy on the previous release again
     REVERT_FAILED = "revert_failed"  # could not get back to the previous release
+    # with a load balancer in front: around the switch, the host leaves and rejoins traffic
+    DRAINING = "draining"  # leaving load balancing before it changes
+    ADMITTING = "admitting"  # healthy on the target; rejoining load balancing
+    REVERT_DRAINING = "revert_draining"
+    REVERT_ADMITTING = "revert_admitting"
 
 
-IN_FLIGHT = frozenset({HostPhase.UPDATING, HostPhase.VERIFYING, HostPhase.REVERTING})
-TOUCHED = frozenset({HostPhase.UPDATING, HostPhase.VERIFYING, HostPhase.DONE, HostPhase.FAILED})
+REVERTING_PHASES = frozenset({HostPhase.REVERT_DRAINING, HostPhase.REVERTING, HostPhase.REVERT_ADMITTING})
+IN_FLIGHT = frozenset(
+    {HostPhase.DRAINING, HostPhase.UPDATING, HostPhase.ADMITTING, HostPhase.VERIFYING} | REVERTING_PHASES
+)
+TOUCHED = frozenset(
+    {
+        HostPhase.DRAINING,
+        HostPhase.UPDATING,
+        HostPhase.ADMITTING,
+        HostPhase.VERIFYING,
+        HostPhase.DONE,
+        HostPhase.FAILED,
+    }
+)
 
 
 @dataclass(slots=True)
@@ -38,6 +55,7 @@ class Policy:
     progress_deadline: float
     failure_budget: int
     auto_rollback: bool
+    max_rps_per_host: float | None = None  # capacity guard; None: off
 
 
 @dataclass(slots=True)
@@ -56,6 +74,10 @@ class HostTrack:
     deadline: float | None = None
     available: bool = False
     batch: int = -1  # index of the plan step this host belongs to (-1: none)
+    admitted: bool = False  # as far as this rollout knows, the balancer sends it traffic
+    managed: bool = False  # this change drains and readmits the host
+    next_release: int | None = None  # what it runs once drained
+    pending_action: str = ""  # the traffic action it waits on
 
     def to_dict(self) -> dict[str, Any]:
         return {
@@ -73,6 +95,10 @@ class HostTrack:
             "deadline": self.deadline,
             "available": self.available,
             "batch": self.batch,
+            "admitted": self.admitted,
+            "managed": self.managed,
+            "next_release": self.next_release,
+            "pending_action": self.pending_action,
         }
 
     @classmethod
@@ -92,6 +118,10 @@ class HostTrack:
             deadline=d["deadline"],
             available=d["available"],
             batch=d["batch"],
+            admitted=d.get("admitted", False),
+            managed=d.get("managed", False),
+            next_release=d.get("next_release"),
+            pending_action=d.get("pending_action", ""),
         )
 
 
@@ -125,9 +155,15 @@ class RolloutState:
     blocked: str = ""
     blocked_since: float | None = None
     seq: int = 0
-    timers: list[tuple[float, str, int]] = field(
-        default_factory=list
-    )  # heap (at, host, generation)
+    # load balancer
+    traffic: bool = False  # a balancer fronts the service: drain before, admit after
+    shift_back: Shift | None = None  # blue-green: how a rollback puts traffic back
+    live_pool: str | None = None  # blue-green: the pool that serves after success
+    shift_open: int = 0  # answers still awaited for the current shift
+    pending_traffic: dict[str, dict[str, Any]] = field(default_factory=dict)  # by action id
+    retry_hosts: list[str] = field(default_factory=list)  # drains to try again on resume
+    load_rps: float | None = None
+    timers: list[tuple[float, str, int]] = field(default_factory=list)  # heap (at, host, generation)
 
     def next_action_id(self) -> str:
         self.seq += 1
@@ -152,6 +188,7 @@ class RolloutState:
                 "progress_deadline": p.progress_deadline,
                 "failure_budget": p.failure_budget,
                 "auto_rollback": p.auto_rollback,
+                "max_rps_per_host": p.max_rps_per_host,
             },
             "plan": [step_to_dict(s) for s in self.plan],
             "phase": self.phase.value,
@@ -175,6 +212,13 @@ class RolloutState:
             "blocked": self.blocked,
             "blocked_since": self.blocked_since,
             "seq": self.seq,
+            "traffic": self.traffic,
+            "shift_back": step_to_dict(self.shift_back) if self.shift_back else None,
+            "live_pool": self.live_pool,
+            "shift_open": self.shift_open,
+            "pending_traffic": self.pending_traffic,
+            "retry_hosts": self.retry_hosts,
+            "load_rps": self.load_rps,
         }
 
     @classmethod
@@ -192,6 +236,7 @@ class RolloutState:
                 progress_deadline=p["progress_deadline"],
                 failure_budget=p["failure_budget"],
                 auto_rollback=p["auto_rollback"],
+                max_rps_per_host=p.get("max_rps_per_host"),
             ),
             plan=[step_from_dict(s) for s in d["plan"]],
             phase=RolloutStatus(d["phase"]),
@@ -214,6 +259,13 @@ class RolloutState:
             blocked=d["blocked"],
             blocked_since=d["blocked_since"],
             seq=d["seq"],
+            traffic=d.get("traffic", False),
+            shift_back=_shift_from(d.get("shift_back")),
+            live_pool=d.get("live_pool"),
+            shift_open=d.get("shift_open", 0),
+            pending_traffic=dict(d.get("pending_traffic", {})),
+            retry_hosts=list(d.get("retry_hosts", [])),
+            load_rps=d.get("load_rps"),
         )
         for raw in d["hosts"]:
             host = HostTrack.from_dict(raw)
@@ -222,3 +274,11 @@ class RolloutState:
                 state.timers.append((host.deadline, host.name, host.generation))
         heapq.heapify(state.timers)
         return state
+
+
+def _shift_from(raw: dict[str, Any] | None) -> Shift | None:
+    if raw is None:
+        return None
+    step = step_from_dict(raw)
+    assert isinstance(step, Shift)
+    return step

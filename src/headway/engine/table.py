@@ -33,9 +33,7 @@ TABLE: dict[tuple[P, str], Transition] = {
     (P.RUNNING, "tick"): Transition(
         "tick", (P.RUNNING, P.ROLLING_BACK, P.ROLLED_BACK, P.FAILED, P.SUCCEEDED), "deadline"
     ),
-    (P.PAUSED, "observed"): Transition(
-        "observe", (P.PAUSED, P.ROLLING_BACK, P.FAILED), "host report"
-    ),
+    (P.PAUSED, "observed"): Transition("observe", (P.PAUSED, P.ROLLING_BACK, P.FAILED), "host report"),
     (P.PAUSED, "tick"): Transition("tick", (P.PAUSED, P.ROLLING_BACK, P.FAILED), "deadline"),
     (P.ROLLING_BACK, "observed"): Transition(
         "observe", (P.ROLLING_BACK, P.ROLLED_BACK, P.ABORTED, P.FAILED), "host report"
@@ -54,23 +52,25 @@ TABLE: dict[tuple[P, str], Transition] = {
     # abort and rollback of a first rollout (no previous release) end it failed
     (P.RUNNING, "abort"): Transition("abort", (P.ROLLING_BACK, P.ABORTED, P.FAILED), "abort"),
     (P.PAUSED, "abort"): Transition("abort", (P.ROLLING_BACK, P.ABORTED, P.FAILED), "abort"),
-    (P.RUNNING, "rollback"): Transition(
-        "rollback", (P.ROLLING_BACK, P.ROLLED_BACK, P.FAILED), "rollback"
-    ),
-    (P.PAUSED, "rollback"): Transition(
-        "rollback", (P.ROLLING_BACK, P.ROLLED_BACK, P.FAILED), "rollback"
-    ),
-    (P.ROLLING_BACK, "abort"): Transition(
-        "noop", (P.ROLLING_BACK,), "abort (already rolling back)"
-    ),
-    (P.ROLLING_BACK, "rollback"): Transition(
-        "noop", (P.ROLLING_BACK,), "rollback (already rolling back)"
-    ),
+    (P.RUNNING, "rollback"): Transition("rollback", (P.ROLLING_BACK, P.ROLLED_BACK, P.FAILED), "rollback"),
+    (P.PAUSED, "rollback"): Transition("rollback", (P.ROLLING_BACK, P.ROLLED_BACK, P.FAILED), "rollback"),
+    (P.ROLLING_BACK, "abort"): Transition("noop", (P.ROLLING_BACK,), "abort (already rolling back)"),
+    (P.ROLLING_BACK, "rollback"): Transition("noop", (P.ROLLING_BACK,), "rollback (already rolling back)"),
 }
-# Once a rollout has ended, reports and time still arrive; they change nothing.
+# The balancer's answers move hosts along like reports do; load figures only inform.
+for _phase, _to in (
+    (P.RUNNING, (P.RUNNING, P.PAUSED, P.ROLLING_BACK, P.FAILED, P.SUCCEEDED)),
+    (P.PAUSED, (P.PAUSED, P.ROLLING_BACK, P.FAILED)),
+    (P.ROLLING_BACK, (P.ROLLING_BACK, P.ROLLED_BACK, P.ABORTED, P.FAILED)),
+):
+    TABLE[(_phase, "traffic")] = Transition("traffic", _to, "balancer answer")
+    TABLE[(_phase, "load")] = Transition("load", _to, "load report")
+# Once a rollout has ended, reports, answers and time still arrive; they change nothing.
 for _end in _ENDS:
     TABLE[(_end, "observed")] = Transition("noop", (_end,), "host report (ignored)")
     TABLE[(_end, "tick")] = Transition("noop", (_end,), "deadline (ignored)")
+    TABLE[(_end, "traffic")] = Transition("noop", (_end,), "balancer answer (ignored)")
+    TABLE[(_end, "load")] = Transition("noop", (_end,), "load report (ignored)")
 
 
 def mermaid() -> str:

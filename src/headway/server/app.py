@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import random
 from collections.abc import AsyncIterator
 
 from fastapi import FastAPI, Request
@@ -21,8 +22,10 @@ from headway.server.artifacts import ArtifactFiles
 from headway.server.channel import agent_channel
 from headway.server.context import ServerContext
 from headway.server.hub import AgentHub
-from headway.server.runner import Runner
+from headway.server.runner import Runner, TrafficResult
 from headway.server.settings import ServerSettings, load_or_create_tokens
+from headway.server.traffic_driver import TrafficDriver
+from headway.server.traffic_loop import reconcile_forever
 from headway.store import Store
 
 log = logging.getLogger("headway.server")
@@ -82,7 +85,12 @@ def create_app(
         the_store = store or Store(settings.db_url)
         the_store.migrate()
         hub = AgentHub()
-        runner = Runner(the_store, hub, clock, reconnect_grace=settings.reconnect_grace)
+        runner_box: list[Runner] = []
+        driver = TrafficDriver(
+            lambda outcome: runner_box[0].submit(TrafficResult(outcome)), clock, random.Random()
+        )
+        runner = Runner(the_store, hub, clock, reconnect_grace=settings.reconnect_grace, traffic=driver)
+        runner_box.append(runner)
         app.state.headway = ServerContext(
             settings=settings,
             store=the_store,
@@ -93,13 +101,15 @@ def create_app(
             clock=clock,
         )
         task = asyncio.create_task(runner.run(), name="headway-runner")
+        traffic_task = asyncio.create_task(reconcile_forever(runner, driver, clock), name="headway-traffic")
         log.info("headway server ready (database %s)", settings.db_url.split("@")[-1])
         try:
             yield
         finally:
-            task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await task
+            for background in (traffic_task, task):
+                background.cancel()
+                with contextlib.suppress(asyncio.CancelledError):
+                    await background
             for session in list(hub.sessions.values()):
                 await session.close()
             the_store.close()

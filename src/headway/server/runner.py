@@ -22,14 +22,31 @@ from typing import Any
 
 from headway.clock import Clock
 from headway.domain.models import HostView, Release, RolloutStatus, RolloutSummary
-from headway.domain.spec import ServiceSpec
+from headway.domain.spec import BalancerKind, ServiceSpec
 from headway.engine import machine
-from headway.engine.actions import Action, RecordEvent, SetDesired, SetServiceRelease
-from headway.engine.events import Command, EngineEvent, HostObserved, OperatorCommand, Tick
+from headway.engine.actions import (
+    Action,
+    Admit,
+    Drain,
+    RecordEvent,
+    SetDesired,
+    SetLivePool,
+    SetServiceRelease,
+)
+from headway.engine.events import (
+    Command,
+    EngineEvent,
+    HostObserved,
+    LoadReport,
+    OperatorCommand,
+    Tick,
+    TrafficDone,
+)
 from headway.engine.state import RolloutState
 from headway.errors import Conflict, HeadwayError, NotFound, StoreUnavailable
 from headway.protocol.messages import Desired, DesiredRelease, Observation
 from headway.server.hub import AgentHub
+from headway.server.traffic_driver import TrafficDriver, TrafficOutcome
 from headway.store import NewEvent, OutboxItem, Store, Tx
 
 log = logging.getLogger("headway.runner")
@@ -94,17 +111,51 @@ class ReleaseCreated(_Request):
     number: int
 
 
-Request = HostHello | HostReport | HostGone | StartRollout | RolloutCommand | ServiceRollback | ReleaseCreated
+@dataclass
+class TrafficResult(_Request):
+    outcome: TrafficOutcome
+
+
+@dataclass
+class ServiceLoad(_Request):
+    service: str
+    rps: float
+
+
+Request = (
+    HostHello
+    | HostReport
+    | HostGone
+    | StartRollout
+    | RolloutCommand
+    | ServiceRollback
+    | ReleaseCreated
+    | TrafficResult
+    | ServiceLoad
+)
+
+
+def live_pool_key(service: str) -> str:
+    return f"live_pool:{service}"
 
 
 # -------------------------------------------------------------------- runner
 
 
 class Runner:
-    def __init__(self, store: Store, hub: AgentHub, clock: Clock, *, reconnect_grace: float) -> None:
+    def __init__(
+        self,
+        store: Store,
+        hub: AgentHub,
+        clock: Clock,
+        *,
+        reconnect_grace: float,
+        traffic: TrafficDriver | None = None,
+    ) -> None:
         self.store = store
         self.hub = hub
         self.clock = clock
+        self.traffic = traffic
         self.reconnect_grace = reconnect_grace
         self.queue: asyncio.Queue[Request] = asyncio.Queue()
         self.states: dict[str, RolloutState] = {}  # active rollouts by id
@@ -297,6 +348,14 @@ class Runner:
             return self._service_rollback(tx, request, now, changed)
         if isinstance(request, ReleaseCreated):
             return self._release_created(tx, request, now, pushes)
+        if isinstance(request, TrafficResult):
+            return self._traffic_result(tx, request.outcome, now, changed)
+        if isinstance(request, ServiceLoad):
+            rollout_id = self.by_service.get(request.service)
+            if rollout_id is not None:
+                decision = machine.step(self.states[rollout_id], LoadReport(request.rps), now)
+                changed.setdefault(rollout_id, []).extend(decision.actions)
+            return None
         raise AssertionError(f"unknown request {request!r}")
 
     def _observe(
@@ -455,6 +514,9 @@ class Runner:
             hosts=hosts,
             now=now,
             actor=actor,
+            traffic=spec.traffic.balancer is BalancerKind.HAPROXY,
+            live_pool=tx.get_meta(live_pool_key(spec.name)),
+            max_rps_per_host=spec.traffic.max_rps_per_host,
         )
         summary = self._summary(decision.state, now, actor)
         tx.create_rollout(summary, decision.state.to_dict())
@@ -565,6 +627,22 @@ class Runner:
                 )
             elif isinstance(action, SetServiceRelease):
                 tx.set_service_current_release(action.service, action.release)
+            elif isinstance(action, SetLivePool):
+                tx.set_meta(live_pool_key(action.service), action.pool)
+            elif isinstance(action, Drain | Admit):
+                outbox.append(
+                    OutboxItem(
+                        action_id=action.action_id,
+                        rollout_id=rollout_id,
+                        payload={
+                            "type": "traffic",
+                            "kind": "drain" if isinstance(action, Drain) else "admit",
+                            "host": action.host,
+                            "weight": action.weight if isinstance(action, Admit) else None,
+                            "service": state.service,
+                        },
+                    )
+                )
         if events:
             tx.append_events(events)
         tx.save_rollout(self._summary(state, now, ""), state.to_dict())
@@ -603,13 +681,84 @@ class Runner:
         done: list[str] = []
         with self.store.tx() as tx:
             for item in items:
-                if item.payload.get("type") == "set_desired":
+                kind = item.payload.get("type")
+                if kind == "set_desired":
                     host = str(item.payload["host"])
                     message = self._desired_message(tx, host)
                     if message is not None:
                         self.hub.push(host, message)
-                done.append(item.action_id)
+                    done.append(item.action_id)
+                elif kind == "traffic":
+                    # marked done when the balancer's answer is stored with its effect
+                    self._start_traffic(tx, item)
+                else:
+                    done.append(item.action_id)
             tx.mark_done(done)
+
+    def _start_traffic(self, tx: Tx, item: OutboxItem) -> None:
+        payload = item.payload
+        try:
+            spec = tx.get_service(str(payload["service"]))
+            host = tx.get_host(str(payload["host"]))
+        except NotFound as error:
+            self.submit(
+                TrafficResult(
+                    TrafficOutcome(
+                        item.rollout_id,
+                        item.action_id,
+                        str(payload["host"]),
+                        str(payload["kind"]),
+                        False,
+                        str(error),
+                    )
+                )
+            )
+            return
+        if self.traffic is None:
+            self.submit(
+                TrafficResult(
+                    TrafficOutcome(
+                        item.rollout_id,
+                        item.action_id,
+                        host.name,
+                        str(payload["kind"]),
+                        True,
+                        "no balancer driver",
+                    )
+                )
+            )
+            return
+        weight = payload.get("weight")
+        self.traffic.start(
+            rollout_id=item.rollout_id,
+            action_id=item.action_id,
+            kind=str(payload["kind"]),
+            spec=spec,
+            host=host,
+            weight=int(weight) if weight is not None else None,
+        )
+
+    def _traffic_result(
+        self, tx: Tx, outcome: TrafficOutcome, now: float, changed: dict[str, list[Action]]
+    ) -> None:
+        tx.mark_done([outcome.action_id])
+        state = self.states.get(outcome.rollout_id)
+        if state is None:
+            if not outcome.ok:
+                log.warning(
+                    "%s of %s after its rollout ended failed: %s", outcome.kind, outcome.host, outcome.detail
+                )
+            return
+        event = TrafficDone(outcome.action_id, outcome.host, outcome.ok, outcome.detail)
+        decision = machine.step(state, event, now)
+        changed.setdefault(outcome.rollout_id, []).extend(decision.actions)
+
+    def busy_hosts(self, service: str) -> set[str]:
+        """Hosts an active rollout of ``service`` is handling (the reconciler leaves them be)."""
+        rollout_id = self.by_service.get(service)
+        if rollout_id is None:
+            return set()
+        return set(self.states[rollout_id].hosts)
 
     def _desired_message(self, tx: Tx, host_name: str) -> Desired | None:
         try:

@@ -1,0 +1,448 @@
+"""What the engine does next: hosts through their change, steps through the plan,
+rollbacks, and the end of a rollout. Called by the handlers in `machine`.
+
+A host's change, with a balancer in front (``managed``)::
+
+    pending -> draining -> updating -> admitting -> verifying -> done
+    (back:)    revert_draining -> reverting -> revert_admitting -> reverted
+
+Without one, ``draining`` and ``admitting`` are skipped. The app is stopped
+(the agent told the new release) only once the drain is confirmed or timed
+out; a host rejoins traffic only once healthy on its new release.
+"""
+
+from __future__ import annotations
+
+from headway.domain.models import Health, RolloutStatus
+from headway.engine.actions import Admit, Drain, SetDesired, SetLivePool, SetServiceRelease
+from headway.engine.context import Ctx
+from headway.engine.plan import Batch, Pause, Shift
+from headway.engine.state import (
+    IN_FLIGHT,
+    REVERTING_PHASES,
+    TOUCHED,
+    HostPhase,
+    HostTrack,
+    RolloutState,
+)
+
+P = RolloutStatus
+H = HostPhase
+
+
+# ------------------------------------------------------------ availability
+
+
+def is_available(host: HostTrack) -> bool:
+    if host.phase in IN_FLIGHT or host.phase in (H.FAILED, H.REVERT_FAILED):
+        return False
+    return host.connected and host.health is Health.HEALTHY
+
+
+def refresh(s: RolloutState, host: HostTrack) -> None:
+    available = is_available(host)
+    if available != host.available:
+        s.unavailable += -1 if available else 1
+        host.available = available
+
+
+# ------------------------------------------------------------ host changes
+
+
+def start_host(ctx: Ctx, host: HostTrack, release: int, *, reverting: bool, traffic: bool) -> None:
+    """Begin changing ``host`` to ``release``: drain it first when a balancer fronts it."""
+    s = ctx.s
+    host.managed = traffic and s.traffic
+    host.next_release = release
+    host.changed_at = ctx.now  # the progress deadline counts from here, drain included
+    if host.managed and host.admitted:
+        host.phase = H.REVERT_DRAINING if reverting else H.DRAINING
+        s.push_timer(ctx.now + s.policy.progress_deadline, host)
+        issue_traffic(ctx, host.name, "drain", purpose="host")
+        refresh(s, host)
+    else:
+        send(ctx, host, release, H.REVERTING if reverting else H.UPDATING)
+
+
+def issue_traffic(ctx: Ctx, host_name: str, kind: str, *, purpose: str, weight: int | None = None) -> str:
+    s = ctx.s
+    action_id = s.next_action_id()
+    s.pending_traffic[action_id] = {
+        "host": host_name,
+        "kind": kind,
+        "purpose": purpose,
+        "weight": weight,
+        "failed": False,
+    }
+    if kind == "drain":
+        ctx.actions.append(Drain(action_id, host_name))
+    else:
+        ctx.actions.append(Admit(action_id, host_name, weight))
+    if purpose == "host":
+        s.hosts[host_name].pending_action = action_id
+    return action_id
+
+
+def send(ctx: Ctx, host: HostTrack, release: int, phase: HostPhase) -> None:
+    s = ctx.s
+    host.generation += 1
+    host.desired_release = release
+    host.next_release = None
+    host.phase = phase
+    host.healthy_since = None
+    s.push_timer(host.changed_at + s.policy.progress_deadline, host)
+    ctx.actions.append(SetDesired(s.next_action_id(), host.name, release, host.generation))
+    verb = "reverting to" if phase is H.REVERTING else "updating to"
+    ctx.record(f"host.{phase.value}", f"{host.name}: {verb} v{release}", host.name)
+    refresh(s, host)
+
+
+def host_drained(ctx: Ctx, host: HostTrack) -> None:
+    host.admitted = False
+    host.pending_action = ""
+    assert host.next_release is not None
+    send(ctx, host, host.next_release, H.REVERTING if host.phase is H.REVERT_DRAINING else H.UPDATING)
+
+
+def host_healthy(ctx: Ctx, host: HostTrack) -> None:
+    if host.managed and not host.admitted:
+        reverting = host.phase is H.REVERTING
+        host.phase = H.REVERT_ADMITTING if reverting else H.ADMITTING
+        issue_traffic(ctx, host.name, "admit", purpose="host")
+        return
+    host_serving(ctx, host)
+
+
+def host_serving(ctx: Ctx, host: HostTrack) -> None:
+    """Healthy on its release and (if managed) back in load balancing."""
+    s = ctx.s
+    host.pending_action = ""
+    if host.phase in (H.REVERTING, H.REVERT_ADMITTING):
+        host.phase = H.REVERTED
+        host.deadline = None
+        s.revert_open -= 1
+        ctx.record("host.reverted", f"{host.name}: back on v{host.desired_release}", host.name)
+        refresh(s, host)
+    elif s.policy.min_healthy_time <= 0:
+        host_done(ctx, host)
+    else:
+        host.phase = H.VERIFYING
+        host.healthy_since = ctx.now
+        s.push_timer(ctx.now + s.policy.min_healthy_time, host)
+        ctx.record(
+            "host.healthy",
+            f"{host.name}: healthy on v{host.desired_release}; must stay so for "
+            f"{s.policy.min_healthy_time:g}s",
+            host.name,
+        )
+
+
+def host_done(ctx: Ctx, host: HostTrack) -> None:
+    s = ctx.s
+    host.phase = H.DONE
+    host.deadline = None
+    s.done += 1
+    if host.batch == s.step_index and s.phase is not P.ROLLING_BACK:
+        s.step_open -= 1
+    ctx.record("host.done", f"{host.name}: done on v{host.desired_release}", host.name)
+    refresh(s, host)
+
+
+def host_failed(ctx: Ctx, host: HostTrack, why: str) -> None:
+    s = ctx.s
+    host.deadline = None
+    host.pending_action = ""
+    if host.phase in REVERTING_PHASES:
+        host.phase = H.REVERT_FAILED
+        s.revert_open -= 1
+        s.revert_failed += 1
+        ctx.record("host.revert_failed", f"{host.name}: could not go back: {why}", host.name)
+        refresh(s, host)
+        return
+    host.phase = H.FAILED
+    s.failed += 1
+    if host.batch == s.step_index:
+        s.step_open -= 1
+    ctx.record("host.failed", f"{host.name}: {why}", host.name)
+    refresh(s, host)
+    if s.phase in (P.RUNNING, P.PAUSED) and s.failed > s.policy.failure_budget:
+        reason = (
+            f"{s.failed} host(s) failed, more than the failure budget of {s.policy.failure_budget}"
+            f" (last: {host.name}: {why})"
+        )
+        if s.policy.auto_rollback:
+            begin_rollback(ctx, reason, P.ROLLED_BACK)
+        else:
+            finish(ctx, P.FAILED, reason + "; automatic rollback is off")
+
+
+def adopt_new_host(ctx: Ctx, host: HostTrack) -> None:
+    """A host that registered mid-rollout gets the rollout's current target (reliability 11).
+
+    One that is out of service anyway (nothing installed yet, unhealthy) is told at
+    once: that costs no capacity. One that is in service waits for its turn under the
+    budget (I1): going forward, in a batch of its own at the end of the plan; going
+    back, at the end of the revert queue. Either way the rollout does not end before
+    the host has been dealt with.
+    """
+    s = ctx.s
+    if s.shift_back is not None:
+        return  # blue-green: pools are fixed when the rollout starts
+    host.admitted = s.traffic
+    if s.phase in (P.RUNNING, P.PAUSED):
+        s.plan.append(Batch((host.name,)))
+        host.batch = len(s.plan) - 1
+        if not host.available:
+            s.touched.append(host.name)
+            start_host(ctx, host, s.to_release, reverting=False, traffic=True)
+    elif s.phase is P.ROLLING_BACK and s.from_release is not None:
+        if host.available:
+            s.revert_queue.append(host.name)
+        else:
+            s.revert_open += 1
+            start_host(ctx, host, s.from_release, reverting=True, traffic=True)
+
+
+# ------------------------------------------------------------------- steps
+
+
+def enter_step(ctx: Ctx) -> None:
+    s = ctx.s
+    s.cursor = 0
+    s.step_started_at = ctx.now
+    s.pause_until = None
+    s.waiting_promote = False
+    if s.step_index < len(s.plan):
+        current = s.plan[s.step_index]
+        s.step_open = 0
+        if isinstance(current, Batch):
+            # a host adopted mid-rollout may be done (or failed) before its batch comes
+            closed = (H.DONE, H.FAILED)
+            s.step_open = sum(s.hosts[name].phase not in closed for name in current.hosts)
+        ctx.record("step.started", f"step {s.step_index + 1}/{len(s.plan)}: {current.describe()}")
+        if isinstance(current, Shift):
+            issue_shift(ctx, current)
+
+
+def issue_shift(ctx: Ctx, shift: Shift) -> None:
+    s = ctx.s
+    s.shift_open = len(shift.admit) + len(shift.drain)
+    for name, weight in shift.admit:
+        issue_traffic(ctx, name, "admit", purpose="shift", weight=weight)
+    for name in shift.drain:
+        issue_traffic(ctx, name, "drain", purpose="shift")
+
+
+def next_step(ctx: Ctx) -> None:
+    ctx.s.step_index += 1
+    enter_step(ctx)
+
+
+def advance(ctx: Ctx) -> None:
+    s = ctx.s
+    if s.phase is P.ROLLING_BACK:
+        advance_rollback(ctx)
+        return
+    while s.phase is P.RUNNING:
+        if s.step_index >= len(s.plan):
+            finish(ctx, P.SUCCEEDED, "")
+            return
+        current = s.plan[s.step_index]
+        if isinstance(current, Batch):
+            if not start_batch_hosts(ctx, current):
+                return
+            if s.step_open > 0:
+                return
+            next_step(ctx)
+        elif isinstance(current, Shift):
+            if s.shift_open > 0:
+                return
+            ctx.record("traffic.shifted", f"{current.share}% of traffic on the new pool")
+            next_step(ctx)
+        else:
+            if not wait_pause(ctx, current):
+                return
+            next_step(ctx)
+
+
+def wait_pause(ctx: Ctx, pause: Pause) -> bool:
+    s = ctx.s
+    if pause.seconds is None:
+        if not s.waiting_promote:
+            s.waiting_promote = True
+            ctx.record("rollout.waiting", "waiting for `headway rollout promote`")
+        return False
+    if s.pause_until is None:
+        s.pause_until = ctx.now + pause.seconds
+    return ctx.now >= s.pause_until
+
+
+def start_batch_hosts(ctx: Ctx, batch: Batch) -> bool:
+    """Start as many hosts of the batch as the budget allows; False if blocked."""
+    s = ctx.s
+    while s.retry_hosts:  # drains that failed before a pause go first
+        host = s.hosts[s.retry_hosts[0]]
+        if host.available and batch.traffic and not _room_for_one_more(ctx):
+            return False
+        s.retry_hosts.pop(0)
+        start_host(ctx, host, s.to_release, reverting=False, traffic=batch.traffic)
+    while s.cursor < len(batch.hosts):
+        host = s.hosts[batch.hosts[s.cursor]]
+        if host.phase is not H.PENDING:
+            s.cursor += 1
+            continue
+        if (
+            host.desired_release == s.to_release
+            and host.observed_release == s.to_release
+            and host.observed_generation >= host.generation
+            and host.available
+        ):
+            s.cursor += 1
+            host_done(ctx, host)  # already there: nothing to change
+            continue
+        if host.available and batch.traffic and not _room_for_one_more(ctx):
+            return False
+        s.cursor += 1
+        s.blocked_since = None  # progress: the stall clock starts again
+        s.touched.append(host.name)
+        start_host(ctx, host, s.to_release, reverting=False, traffic=batch.traffic)
+    set_blocked(ctx, "")
+    return True
+
+
+def _room_for_one_more(ctx: Ctx) -> bool:
+    """May one more host in service leave it? The budget (I1), then the capacity guard."""
+    s = ctx.s
+    if s.unavailable >= s.policy.max_unavailable:
+        set_blocked(
+            ctx,
+            f"waiting for capacity: {s.unavailable} host(s) out of service, "
+            f"at most {s.policy.max_unavailable} allowed",
+        )
+        return False
+    limit = s.policy.max_rps_per_host
+    if limit is not None and s.load_rps is not None:
+        serving_after = len(s.hosts) - s.unavailable - 1
+        per_host = s.load_rps / serving_after if serving_after > 0 else float("inf")
+        if per_host > limit:
+            set_blocked(
+                ctx,
+                f"capacity guard: {s.load_rps:.0f} req/s over {max(serving_after, 0)} host(s) "
+                f"would be {per_host:.0f} req/s each, above the headroom of {limit:g}",
+            )
+            return False
+    return True
+
+
+def set_blocked(ctx: Ctx, reason: str) -> None:
+    s = ctx.s
+    if reason and s.blocked_since is None:
+        s.blocked_since = ctx.now
+    elif not reason:
+        s.blocked_since = None
+    if reason != s.blocked:
+        s.blocked = reason
+        if reason:
+            ctx.record("rollout.waiting", reason)
+
+
+# ---------------------------------------------------------------- rollback
+
+
+def begin_rollback(ctx: Ctx, reason: str, final: RolloutStatus) -> None:
+    s = ctx.s
+    if s.from_release is None:
+        finish(ctx, P.FAILED, reason + "; there is no previous release to roll back to")
+        return
+    s.phase = P.ROLLING_BACK
+    s.final_status = final
+    s.reason = reason
+    s.waiting_promote = False
+    s.pause_until = None
+    s.blocked = ""
+    s.blocked_since = None
+    s.retry_hosts.clear()
+    if s.shift_back is not None:
+        ctx.record("rollout.rolling_back", f"shifting traffic back to the old pool: {reason}")
+        issue_shift(ctx, s.shift_back)
+        return
+    touched = [name for name in s.touched if s.hosts[name].phase in TOUCHED]
+    # hosts already out of service go first: reverting them costs no capacity
+    s.revert_queue = sorted(touched, key=lambda name: s.hosts[name].available)
+    s.cursor = 0
+    ctx.record(
+        "rollout.rolling_back",
+        f"rolling back {len(touched)} host(s) to v{s.from_release}: {reason}",
+    )
+
+
+def advance_rollback(ctx: Ctx) -> None:
+    s = ctx.s
+    assert s.from_release is not None
+    if s.shift_back is not None:
+        if s.shift_open == 0:
+            finish(ctx, s.final_status or P.ROLLED_BACK, s.reason)
+        return
+    while s.cursor < len(s.revert_queue):
+        host = s.hosts[s.revert_queue[s.cursor]]
+        # touched hosts, and hosts that registered during the rollback (still pending)
+        if host.phase not in TOUCHED and host.phase is not H.PENDING:
+            s.cursor += 1
+            continue
+        if host.phase in (H.DRAINING, H.ADMITTING) and host.pending_action:
+            return  # a balancer call for it is under way; wait for its answer
+        if host.available and s.unavailable >= s.policy.max_unavailable:
+            set_blocked(
+                ctx,
+                f"waiting for capacity to revert: {s.unavailable} host(s) out of service, "
+                f"at most {s.policy.max_unavailable} allowed",
+            )
+            return
+        s.cursor += 1
+        s.blocked_since = None
+        s.revert_open += 1
+        start_host(ctx, host, s.from_release, reverting=True, traffic=True)
+    set_blocked(ctx, "")
+    if s.revert_open == 0:
+        final = s.final_status or P.ROLLED_BACK
+        if s.revert_failed:
+            finish(
+                ctx,
+                P.FAILED,
+                f"{s.reason}; {s.revert_failed} host(s) could not be brought back to "
+                f"v{s.from_release} (see host.revert_failed events)",
+            )
+        else:
+            finish(ctx, final, s.reason)
+
+
+# --------------------------------------------------------------------- end
+
+
+def finish(ctx: Ctx, status: RolloutStatus, reason: str) -> None:
+    s = ctx.s
+    s.phase = status
+    s.reason = reason
+    s.waiting_promote = False
+    s.pause_until = None
+    s.blocked = ""
+    s.blocked_since = None
+    s.timers.clear()
+    s.retry_hosts.clear()
+    if s.traffic and s.shift_back is None:
+        # I5: no host is left drained when a rollout ends (a broken one is kept out by the
+        # balancer's own health checks, not by a drain nobody will lift)
+        for host in s.hosts.values():
+            if host.managed and not host.admitted:
+                host.admitted = True
+                issue_traffic(ctx, host.name, "admit", purpose="final")
+    if status is P.SUCCEEDED:
+        ctx.actions.append(SetServiceRelease(s.next_action_id(), s.service, s.to_release))
+        if s.live_pool is not None:
+            ctx.actions.append(SetLivePool(s.next_action_id(), s.service, s.live_pool))
+        ctx.record(
+            "rollout.succeeded",
+            f"{s.service}: every host done on v{s.to_release} ({s.done} done, {s.failed} failed)",
+        )
+    else:
+        ctx.record(f"rollout.{status.value}", reason or status.value)
