@@ -25,18 +25,12 @@ def parse_duration(value: object) -> float:
         if match is None:
             if value.strip().startswith("-"):
                 raise ValueError(f"duration {value!r} is negative; durations must be 0 or more")
-            raise ValueError(
-                f"duration {value!r} is not understood; write it like 30s, 2m, 500ms or 1h"
-            )
+            raise ValueError(f"duration {value!r} is not understood; write it like 30s, 2m, 500ms or 1h")
         seconds = float(match.group(1)) * _UNITS[match.group(2)]
     else:
-        raise ValueError(
-            f"a duration must be a number or text like '30s', got {type(value).__name__}"
-        )
+        raise ValueError(f"a duration must be a number or text like '30s', got {type(value).__name__}")
     if seconds < 0 or math.isnan(seconds) or math.isinf(seconds):
-        raise ValueError(
-            f"duration {value!r} is negative or not finite; durations must be 0 or more"
-        )
+        raise ValueError(f"duration {value!r} is negative or not finite; durations must be 0 or more")
     return seconds
 
 

@@ -27,13 +27,17 @@ from pydantic import (
 )
 
 from headway.domain.durations import Budget, parse_duration
+from headway.domain.verification import VerificationSpec
 from headway.errors import SpecError
 
 NAME_PATTERN = r"^[a-z0-9]([a-z0-9-]{0,61}[a-z0-9])?$"
 _NAME = re.compile(NAME_PATTERN)
 
+
 def format_duration(seconds: float) -> str:
-    """The inverse of `parse_duration`, exact and readable: ``2.0`` -> ``'2s'``, ``1e-05`` -> ``'0.00001s'``."""
+    """The inverse of `parse_duration`, exact and readable.
+
+    ``2.0`` -> ``'2s'``, ``1e-05`` -> ``'0.00001s'``."""
     text = f"{seconds:.6f}".rstrip("0").rstrip(".")
     return f"{text}s"
 
@@ -226,12 +230,15 @@ class CanaryStrategy(_HostPolicy):
         for i, step in enumerate(self.steps):
             if step.hosts is None:
                 continue
-            if previous is not None and previous.percent == step.hosts.percent:
-                if step.hosts.value <= previous.value:
-                    raise ValueError(
-                        f"strategy.steps.{i}: hosts {step.hosts} does not grow past the previous "
-                        f"step ({previous}); canary steps are cumulative"
-                    )
+            if (
+                previous is not None
+                and previous.percent == step.hosts.percent
+                and step.hosts.value <= previous.value
+            ):
+                raise ValueError(
+                    f"strategy.steps.{i}: hosts {step.hosts} does not grow past the previous "
+                    f"step ({previous}); canary steps are cumulative"
+                )
             previous = step.hosts
         return self
 
@@ -297,7 +304,7 @@ class BalancerKind(StrEnum):
 
 
 class HAProxyTraffic(_Strict):
-    socket: str                       # the runtime API socket (stats socket ... level admin)
+    socket: str  # the runtime API socket (stats socket ... level admin)
     backend: str
 
 
@@ -305,7 +312,7 @@ class ReadinessTraffic(_Strict):
     """A balancer that polls each host's readiness endpoint (served by the agent)."""
 
     port: int = Field(ge=1, le=65535)
-    interval: Duration = 2.0          # the balancer's check interval
+    interval: Duration = 2.0  # the balancer's check interval
     fall: int = Field(default=2, ge=1)  # failed checks before it stops sending
 
 
@@ -337,6 +344,7 @@ class ServiceSpec(_Strict):
     health: HealthSpec
     strategy: Strategy = Field(default_factory=RollingStrategy)
     traffic: TrafficSpec = Field(default_factory=TrafficSpec)
+    verification: VerificationSpec | None = None
     drain_timeout: Duration = 30.0
 
     @field_validator("name")
@@ -377,9 +385,7 @@ def parse_service_spec(data: Any) -> ServiceSpec:
     try:
         return ServiceSpec.model_validate(data)
     except ValidationError as error:
-        raise SpecError(
-            f"invalid service spec: {_describe(error)}", hint="fix the fields named"
-        ) from None
+        raise SpecError(f"invalid service spec: {_describe(error)}", hint="fix the fields named") from None
 
 
 def load_service_yaml(text: str) -> ServiceSpec:
@@ -388,7 +394,5 @@ def load_service_yaml(text: str) -> ServiceSpec:
     except yaml.YAMLError as error:
         mark = getattr(error, "problem_mark", None)
         where = f" at line {mark.line + 1}, column {mark.column + 1}" if mark else ""
-        raise SpecError(
-            f"the YAML is malformed{where}", hint="check indentation and quoting"
-        ) from None
+        raise SpecError(f"the YAML is malformed{where}", hint="check indentation and quoting") from None
     return parse_service_spec(data)
