@@ -11,6 +11,7 @@ from headway.domain.models import Health, HostView, RolloutStatus
 from headway.domain.spec import RollingStrategy
 from headway.engine import machine
 from headway.engine.events import (
+    AnalysisDone,
     Command,
     EngineEvent,
     HostObserved,
@@ -18,13 +19,14 @@ from headway.engine.events import (
     OperatorCommand,
     Tick,
     TrafficDone,
+    Verdict,
 )
 from headway.engine.state import RolloutState
 from headway.engine.table import TABLE, mermaid
 from headway.errors import IllegalTransition
 
 P = RolloutStatus
-KINDS = ["observed", "tick", "traffic", "load", *(c.value for c in Command)]
+KINDS = ["observed", "tick", "traffic", "load", "analysis", *(c.value for c in Command)]
 DOCS = Path(__file__).resolve().parents[2] / "docs"
 START, END = "<!-- engine-diagram:start -->", "<!-- engine-diagram:end -->"
 
@@ -38,6 +40,8 @@ def event_of(kind: str) -> EngineEvent:
         return TrafficDone("r:999", "h0", ok=True)
     if kind == "load":
         return LoadReport(10.0)
+    if kind == "analysis":
+        return AnalysisDone("r:999", Verdict.PASS, "fine")
     return OperatorCommand(Command(kind), actor="alice")
 
 
@@ -82,7 +86,7 @@ def test_the_table_only_holds_known_phases_and_events() -> None:
 
 def test_reports_and_time_are_accepted_in_every_phase() -> None:
     for phase in RolloutStatus:
-        for kind in ("observed", "tick", "traffic", "load"):
+        for kind in ("observed", "tick", "traffic", "load", "analysis"):
             assert (phase, kind) in TABLE, f"{phase.value} must take '{kind}'"
 
 

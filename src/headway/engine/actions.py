@@ -68,5 +68,18 @@ class SetLivePool:
     pool: str
 
 
-Action = SetDesired | SetServiceRelease | RecordEvent | Drain | Admit | SetLivePool
+@dataclass(frozen=True, slots=True)
+class Analyze:
+    """Run the service's verification gates: ``canary`` hosts against ``baseline`` ones.
+
+    Answered by an `AnalysisDone` event with the same id.
+    """
+
+    action_id: str
+    canary: tuple[str, ...]
+    baseline: tuple[str, ...]
+    comparative: bool = True
+
+
+Action = SetDesired | SetServiceRelease | RecordEvent | Drain | Admit | SetLivePool | Analyze
 TrafficAction = Drain | Admit

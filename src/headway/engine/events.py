@@ -57,7 +57,27 @@ class LoadReport:
     rps: float
 
 
-EngineEvent = HostObserved | Tick | OperatorCommand | TrafficDone | LoadReport
+class Verdict(StrEnum):
+    PASS = "pass"
+    FAIL = "fail"
+    INCONCLUSIVE = "inconclusive"
+
+
+@dataclass(frozen=True, slots=True)
+class AnalysisDone:
+    """The verdict of an `Analyze` action (same ``action_id``).
+
+    ``errored``: a metrics source failed (not merely too little data): the rollout
+    pauses at once with the reason, never passes and never rolls back on its own.
+    """
+
+    action_id: str
+    verdict: Verdict
+    summary: str
+    errored: bool = False
+
+
+EngineEvent = HostObserved | Tick | OperatorCommand | TrafficDone | LoadReport | AnalysisDone
 
 
 def event_kind(event: EngineEvent) -> str:
@@ -70,4 +90,6 @@ def event_kind(event: EngineEvent) -> str:
         return "traffic"
     if isinstance(event, LoadReport):
         return "load"
+    if isinstance(event, AnalysisDone):
+        return "analysis"
     return "tick"

@@ -38,18 +38,21 @@ from collections.abc import Sequence
 
 from headway.domain.models import Health, HostView, RolloutStatus
 from headway.domain.spec import Strategy
+from headway.domain.verification import OnFail, VerificationSpec
 from headway.engine import progress as pr
 from headway.engine.context import Ctx, Decision
 from headway.engine.events import (
+    AnalysisDone,
     Command,
     EngineEvent,
     HostObserved,
     LoadReport,
     OperatorCommand,
     TrafficDone,
+    Verdict,
     event_kind,
 )
-from headway.engine.plan import Batch, Pause
+from headway.engine.plan import Batch, Pause, Verify
 from headway.engine.planners import compile_plan
 from headway.engine.state import IN_FLIGHT, HostPhase, HostTrack, Policy, RolloutState
 from headway.engine.table import TABLE
@@ -75,6 +78,7 @@ def new_rollout(
     traffic: bool = False,
     live_pool: str | None = None,
     max_rps_per_host: float | None = None,
+    verification: VerificationSpec | None = None,
 ) -> Decision:
     """Compile the strategy into a plan over ``hosts`` and take the first steps.
 
@@ -82,7 +86,7 @@ def new_rollout(
     before they change and readmitted once healthy. ``live_pool``: for
     blue-green, the pool that takes traffic now.
     """
-    compiled = compile_plan(strategy, hosts, live_pool=live_pool)
+    compiled = compile_plan(strategy, hosts, live_pool=live_pool, verification=verification)
     policy = Policy(
         max_unavailable=compiled.max_unavailable,
         min_healthy_time=strategy.min_healthy_time,
@@ -90,6 +94,8 @@ def new_rollout(
         failure_budget=strategy.failure_budget,
         auto_rollback=strategy.auto_rollback,
         max_rps_per_host=max_rps_per_host,
+        pause_on_fail=verification is not None and verification.on_fail is OnFail.PAUSE,
+        max_inconclusive=verification.max_inconclusive if verification else 3,
     )
     state = RolloutState(
         rollout_id=rollout_id,
@@ -357,6 +363,56 @@ def _traffic_failed(ctx: Ctx, pending: dict[str, object], event: TrafficDone) ->
         ctx.record("rollout.paused", s.reason)
 
 
+def _analysis(ctx: Ctx, event: EngineEvent) -> None:
+    """The gates' verdict: pass moves on, fail rolls back (or pauses), inconclusive extends.
+
+    "Not enough data yet" never passes: the verification runs again, up to
+    ``max_inconclusive`` times, then the rollout pauses with the reason. A metrics
+    source that errors pauses at once; it neither passes nor rolls back on its own.
+    """
+    assert isinstance(event, AnalysisDone)
+    s = ctx.s
+    if event.action_id != s.analysis_pending or s.phase is P.ROLLING_BACK:
+        return  # an old or repeated answer
+    s.analysis_pending = ""
+    current = s.plan[s.step_index] if s.step_index < len(s.plan) else None
+    if not isinstance(current, Verify):
+        return
+    ctx.record(f"verify.{event.verdict.value}", event.summary)
+    if event.verdict is Verdict.PASS:
+        s.verified = True
+    elif event.verdict is Verdict.FAIL:
+        reason = f"verification failed at step {s.step_index + 1}: {event.summary}"
+        if s.policy.pause_on_fail or not s.policy.auto_rollback:
+            _pause_for(ctx, reason + "; decide: `headway rollout resume` or `headway rollback`")
+        else:
+            pr.begin_rollback(ctx, reason, P.ROLLED_BACK)
+    elif event.errored:
+        _pause_for(ctx, f"a metrics source failed: {event.summary}; fix it, then resume")
+    else:
+        s.inconclusive += 1
+        if s.inconclusive > s.policy.max_inconclusive:
+            _pause_for(
+                ctx,
+                f"verification inconclusive {s.inconclusive} times in a row: {event.summary}; "
+                "resume to observe again, or promote to go on without it",
+            )
+        elif s.phase is P.RUNNING:
+            pr.issue_analysis(ctx, current)
+    pr.advance(ctx)
+
+
+def _pause_for(ctx: Ctx, reason: str) -> None:
+    s = ctx.s
+    if s.phase is not P.RUNNING:
+        s.reason = reason
+        return
+    s.phase = P.PAUSED
+    s.reason = reason
+    pr.set_blocked(ctx, "")
+    ctx.record("rollout.paused", reason)
+
+
 def _load(ctx: Ctx, event: EngineEvent) -> None:
     assert isinstance(event, LoadReport)
     ctx.s.load_rps = max(0.0, event.rps)
@@ -378,7 +434,17 @@ def _resume(ctx: Ctx, event: EngineEvent) -> None:
     s.reason = ""
     ctx.record("rollout.resumed", "resumed")
     _retry_failed_traffic(ctx)
+    _reverify(ctx)
     pr.advance(ctx)
+
+
+def _reverify(ctx: Ctx) -> None:
+    """Back from a pause at a verification step whose verdict is not in: observe again."""
+    s = ctx.s
+    current = s.plan[s.step_index] if s.step_index < len(s.plan) else None
+    if isinstance(current, Verify) and not s.verified and not s.analysis_pending:
+        s.inconclusive = 0
+        pr.issue_analysis(ctx, current)
 
 
 def _retry_failed_traffic(ctx: Ctx) -> None:
@@ -403,7 +469,7 @@ def _retry_failed_traffic(ctx: Ctx) -> None:
 def _promote(ctx: Ctx, event: EngineEvent) -> None:
     s = ctx.s
     current = s.plan[s.step_index] if s.step_index < len(s.plan) else None
-    if not isinstance(current, Pause) and s.phase is not P.PAUSED:
+    if not isinstance(current, Pause | Verify) and s.phase is not P.PAUSED:
         raise IllegalTransition(
             f"rollout {s.rollout_id} is not waiting at a pause step; nothing to promote",
             hint="promote applies to a rollout paused at a pause step or by an operator",
@@ -442,6 +508,7 @@ _HANDLERS = {
     "tick": _tick,
     "traffic": _traffic,
     "load": _load,
+    "analysis": _analysis,
     "pause": _pause,
     "resume": _resume,
     "promote": _promote,

@@ -8,6 +8,7 @@ Steps are data:
   it (a blue-green idle pool) hosts are changed where they stand, and since
   they serve nothing they cost no budget.
 - ``Pause`` waits for a duration, or for ``promote`` when ``seconds`` is None.
+- ``Verify`` runs the service's verification gates and waits for their verdict.
 - ``Shift`` sets the balancer: admits hosts at a weight and drains others
   (blue-green's traffic switch, at once or in weighted steps).
 """
@@ -52,7 +53,23 @@ class Shift:
         return tuple(h for h, _ in self.admit) + self.drain
 
 
-Step = Batch | Pause | Shift
+@dataclass(frozen=True, slots=True)
+class Verify:
+    """Judge the hosts on the new release against those still on the old one.
+
+    ``comparative`` False: only synthetic tests run (a blue-green idle pool takes no
+    traffic yet). ``approval``: a person must promote once the gates pass.
+    """
+
+    comparative: bool = True
+    approval: bool = False
+
+    def describe(self) -> str:
+        what = "verify against the baseline" if self.comparative else "run synthetic tests"
+        return what + (", then wait for approval" if self.approval else "")
+
+
+Step = Batch | Pause | Shift | Verify
 
 
 def step_to_dict(step: Step) -> dict[str, Any]:
@@ -65,6 +82,8 @@ def step_to_dict(step: Step) -> dict[str, Any]:
             "drain": list(step.drain),
             "share": step.share,
         }
+    if isinstance(step, Verify):
+        return {"type": "verify", "comparative": step.comparative, "approval": step.approval}
     return {"type": "pause", "seconds": step.seconds}
 
 
@@ -81,4 +100,6 @@ def step_from_dict(data: dict[str, Any]) -> Step:
             tuple(str(h) for h in data["drain"]),
             int(data.get("share", 100)),
         )
+    if kind == "verify":
+        return Verify(bool(data.get("comparative", True)), bool(data.get("approval", False)))
     raise SpecError(f"unknown plan step type {kind!r} in stored rollout state")

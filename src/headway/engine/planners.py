@@ -13,7 +13,8 @@ from headway.domain.spec import (
     RollingStrategy,
     Strategy,
 )
-from headway.engine.plan import Batch, Pause, Shift, Step
+from headway.domain.verification import VerificationSpec
+from headway.engine.plan import Batch, Pause, Shift, Step, Verify
 from headway.errors import SpecError
 
 WEIGHT_SCALE = 100
@@ -28,8 +29,40 @@ class CompiledPlan:
 
 
 def compile_plan(
-    strategy: Strategy, hosts: Sequence[HostView], *, live_pool: str | None = None
+    strategy: Strategy,
+    hosts: Sequence[HostView],
+    *,
+    live_pool: str | None = None,
+    verification: VerificationSpec | None = None,
 ) -> CompiledPlan:
+    plan = _compile(strategy, hosts, live_pool)
+    if verification is None or not verification.after_each_step:
+        return plan
+    approval = any(g.approval is not None for g in verification.gates)
+    return CompiledPlan(
+        with_verification(plan.steps, approval), plan.max_unavailable, plan.shift_back, plan.live_pool
+    )
+
+
+def with_verification(steps: list[Step], approval: bool) -> list[Step]:
+    """A `Verify` after every batch or partial shift that leaves a baseline to compare with.
+
+    The last batch of hosts has no baseline left (every host is on the new
+    release), so it is verified by the hosts' own health; a blue-green idle pool
+    takes no traffic yet, so only synthetic tests run before traffic shifts.
+    """
+    out: list[Step] = []
+    last_batch = max((i for i, s in enumerate(steps) if isinstance(s, Batch)), default=-1)
+    for i, step in enumerate(steps):
+        out.append(step)
+        if isinstance(step, Batch) and not step.traffic:
+            out.append(Verify(comparative=False, approval=approval))
+        elif (isinstance(step, Batch) and i != last_batch) or (isinstance(step, Shift) and step.share < 100):
+            out.append(Verify(comparative=True, approval=approval))
+    return out
+
+
+def _compile(strategy: Strategy, hosts: Sequence[HostView], live_pool: str | None) -> CompiledPlan:
     names = sorted(h.name for h in hosts)
     if not names:
         raise SpecError(

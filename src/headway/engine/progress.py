@@ -14,9 +14,16 @@ out; a host rejoins traffic only once healthy on its new release.
 from __future__ import annotations
 
 from headway.domain.models import Health, RolloutStatus
-from headway.engine.actions import Admit, Drain, SetDesired, SetLivePool, SetServiceRelease
+from headway.engine.actions import (
+    Admit,
+    Analyze,
+    Drain,
+    SetDesired,
+    SetLivePool,
+    SetServiceRelease,
+)
 from headway.engine.context import Ctx
-from headway.engine.plan import Batch, Pause, Shift
+from headway.engine.plan import Batch, Pause, Shift, Verify
 from headway.engine.state import (
     IN_FLIGHT,
     REVERTING_PHASES,
@@ -222,6 +229,28 @@ def enter_step(ctx: Ctx) -> None:
         ctx.record("step.started", f"step {s.step_index + 1}/{len(s.plan)}: {current.describe()}")
         if isinstance(current, Shift):
             issue_shift(ctx, current)
+        elif isinstance(current, Verify):
+            s.verified = False
+            s.inconclusive = 0
+            issue_analysis(ctx, current)
+
+
+def issue_analysis(ctx: Ctx, verify: Verify) -> None:
+    """Ask for the gates' verdict: hosts done on the target against hosts still on the old one.
+
+    Walking the hosts is O(n) once per verification step, not per event.
+    """
+    s = ctx.s
+    canary = tuple(sorted(n for n, h in s.hosts.items() if h.phase is H.DONE))
+    baseline = tuple(sorted(n for n, h in s.hosts.items() if h.phase is H.PENDING and h.available))
+    if s.shift_back is not None:  # blue-green: the new pool against the old one
+        canary = s.shift_back.drain
+        baseline = tuple(h for h, _ in s.shift_back.admit)
+    if not verify.comparative:
+        baseline = ()
+    action_id = s.next_action_id()
+    s.analysis_pending = action_id
+    ctx.actions.append(Analyze(action_id, canary, baseline, verify.comparative))
 
 
 def issue_shift(ctx: Ctx, shift: Shift) -> None:
@@ -258,6 +287,15 @@ def advance(ctx: Ctx) -> None:
             if s.shift_open > 0:
                 return
             ctx.record("traffic.shifted", f"{current.share}% of traffic on the new pool")
+            next_step(ctx)
+        elif isinstance(current, Verify):
+            if not s.verified:
+                return
+            if current.approval and not s.waiting_promote:
+                s.waiting_promote = True
+                ctx.record("rollout.waiting", "gates passed; waiting for `headway rollout promote`")
+            if current.approval:
+                return
             next_step(ctx)
         else:
             if not wait_pause(ctx, current):

@@ -56,6 +56,8 @@ class Policy:
     failure_budget: int
     auto_rollback: bool
     max_rps_per_host: float | None = None  # capacity guard; None: off
+    pause_on_fail: bool = False  # verification fails: pause instead of rolling back
+    max_inconclusive: int = 3  # "not enough data yet" extends a verification this often
 
 
 @dataclass(slots=True)
@@ -163,6 +165,10 @@ class RolloutState:
     pending_traffic: dict[str, dict[str, Any]] = field(default_factory=dict)  # by action id
     retry_hosts: list[str] = field(default_factory=list)  # drains to try again on resume
     load_rps: float | None = None
+    # verification
+    analysis_pending: str = ""  # the Analyze action awaited
+    inconclusive: int = 0  # inconclusive verdicts in a row at this step
+    verified: bool = False  # this step's gates passed
     timers: list[tuple[float, str, int]] = field(default_factory=list)  # heap (at, host, generation)
 
     def next_action_id(self) -> str:
@@ -189,6 +195,8 @@ class RolloutState:
                 "failure_budget": p.failure_budget,
                 "auto_rollback": p.auto_rollback,
                 "max_rps_per_host": p.max_rps_per_host,
+                "pause_on_fail": p.pause_on_fail,
+                "max_inconclusive": p.max_inconclusive,
             },
             "plan": [step_to_dict(s) for s in self.plan],
             "phase": self.phase.value,
@@ -219,6 +227,9 @@ class RolloutState:
             "pending_traffic": self.pending_traffic,
             "retry_hosts": self.retry_hosts,
             "load_rps": self.load_rps,
+            "analysis_pending": self.analysis_pending,
+            "inconclusive": self.inconclusive,
+            "verified": self.verified,
         }
 
     @classmethod
@@ -237,6 +248,8 @@ class RolloutState:
                 failure_budget=p["failure_budget"],
                 auto_rollback=p["auto_rollback"],
                 max_rps_per_host=p.get("max_rps_per_host"),
+                pause_on_fail=p.get("pause_on_fail", False),
+                max_inconclusive=p.get("max_inconclusive", 3),
             ),
             plan=[step_from_dict(s) for s in d["plan"]],
             phase=RolloutStatus(d["phase"]),
@@ -266,6 +279,9 @@ class RolloutState:
             pending_traffic=dict(d.get("pending_traffic", {})),
             retry_hosts=list(d.get("retry_hosts", [])),
             load_rps=d.get("load_rps"),
+            analysis_pending=d.get("analysis_pending", ""),
+            inconclusive=d.get("inconclusive", 0),
+            verified=d.get("verified", False),
         )
         for raw in d["hosts"]:
             host = HostTrack.from_dict(raw)

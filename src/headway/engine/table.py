@@ -65,12 +65,14 @@ for _phase, _to in (
 ):
     TABLE[(_phase, "traffic")] = Transition("traffic", _to, "balancer answer")
     TABLE[(_phase, "load")] = Transition("load", _to, "load report")
+    TABLE[(_phase, "analysis")] = Transition("analysis", _to, "verdict")
 # Once a rollout has ended, reports, answers and time still arrive; they change nothing.
 for _end in _ENDS:
     TABLE[(_end, "observed")] = Transition("noop", (_end,), "host report (ignored)")
     TABLE[(_end, "tick")] = Transition("noop", (_end,), "deadline (ignored)")
     TABLE[(_end, "traffic")] = Transition("noop", (_end,), "balancer answer (ignored)")
     TABLE[(_end, "load")] = Transition("noop", (_end,), "load report (ignored)")
+    TABLE[(_end, "analysis")] = Transition("noop", (_end,), "verdict (ignored)")
 
 
 def mermaid() -> str:

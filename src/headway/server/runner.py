@@ -14,6 +14,7 @@ was not stored (reliability 4).
 from __future__ import annotations
 
 import asyncio
+import json
 import logging
 import uuid
 from collections.abc import Iterable
@@ -27,6 +28,7 @@ from headway.engine import machine
 from headway.engine.actions import (
     Action,
     Admit,
+    Analyze,
     Drain,
     RecordEvent,
     SetDesired,
@@ -34,6 +36,7 @@ from headway.engine.actions import (
     SetServiceRelease,
 )
 from headway.engine.events import (
+    AnalysisDone,
     Command,
     EngineEvent,
     HostObserved,
@@ -41,12 +44,14 @@ from headway.engine.events import (
     OperatorCommand,
     Tick,
     TrafficDone,
+    Verdict,
 )
 from headway.engine.state import RolloutState
 from headway.errors import Conflict, HeadwayError, NotFound, StoreUnavailable
 from headway.protocol.messages import Desired, DesiredRelease, Observation
 from headway.server.hub import AgentHub
 from headway.server.traffic_driver import TrafficDriver, TrafficOutcome
+from headway.server.verification import VerificationOutcome, Verifier
 from headway.store import NewEvent, OutboxItem, Store, Tx
 
 log = logging.getLogger("headway.runner")
@@ -117,6 +122,11 @@ class TrafficResult(_Request):
 
 
 @dataclass
+class VerificationResult(_Request):
+    outcome: VerificationOutcome
+
+
+@dataclass
 class ServiceLoad(_Request):
     service: str
     rps: float
@@ -131,6 +141,7 @@ Request = (
     | ServiceRollback
     | ReleaseCreated
     | TrafficResult
+    | VerificationResult
     | ServiceLoad
 )
 
@@ -151,11 +162,13 @@ class Runner:
         *,
         reconnect_grace: float,
         traffic: TrafficDriver | None = None,
+        verifier: Verifier | None = None,
     ) -> None:
         self.store = store
         self.hub = hub
         self.clock = clock
         self.traffic = traffic
+        self.verifier = verifier
         self.reconnect_grace = reconnect_grace
         self.queue: asyncio.Queue[Request] = asyncio.Queue()
         self.states: dict[str, RolloutState] = {}  # active rollouts by id
@@ -350,6 +363,8 @@ class Runner:
             return self._release_created(tx, request, now, pushes)
         if isinstance(request, TrafficResult):
             return self._traffic_result(tx, request.outcome, now, changed)
+        if isinstance(request, VerificationResult):
+            return self._verification_result(tx, request.outcome, now, changed)
         if isinstance(request, ServiceLoad):
             rollout_id = self.by_service.get(request.service)
             if rollout_id is not None:
@@ -517,6 +532,7 @@ class Runner:
             traffic=spec.traffic.balancer is BalancerKind.HAPROXY,
             live_pool=tx.get_meta(live_pool_key(spec.name)),
             max_rps_per_host=spec.traffic.max_rps_per_host,
+            verification=spec.verification,
         )
         summary = self._summary(decision.state, now, actor)
         tx.create_rollout(summary, decision.state.to_dict())
@@ -629,6 +645,20 @@ class Runner:
                 tx.set_service_current_release(action.service, action.release)
             elif isinstance(action, SetLivePool):
                 tx.set_meta(live_pool_key(action.service), action.pool)
+            elif isinstance(action, Analyze):
+                outbox.append(
+                    OutboxItem(
+                        action_id=action.action_id,
+                        rollout_id=rollout_id,
+                        payload={
+                            "type": "analyze",
+                            "service": state.service,
+                            "canary": list(action.canary),
+                            "baseline": list(action.baseline),
+                            "comparative": action.comparative,
+                        },
+                    )
+                )
             elif isinstance(action, Drain | Admit):
                 outbox.append(
                     OutboxItem(
@@ -691,6 +721,8 @@ class Runner:
                 elif kind == "traffic":
                     # marked done when the balancer's answer is stored with its effect
                     self._start_traffic(tx, item)
+                elif kind == "analyze":
+                    self._start_analysis(tx, item)
                 else:
                     done.append(item.action_id)
             tx.mark_done(done)
@@ -737,6 +769,55 @@ class Runner:
             host=host,
             weight=int(weight) if weight is not None else None,
         )
+
+    def _start_analysis(self, tx: Tx, item: OutboxItem) -> None:
+        payload = item.payload
+        spec = tx.get_service(str(payload["service"]))
+        hosts = {h.name: h for h in tx.list_hosts(spec.name)}
+        canary = [hosts[n] for n in payload["canary"] if n in hosts]
+        baseline = [hosts[n] for n in payload["baseline"] if n in hosts]
+        if self.verifier is None:
+            self.submit(
+                VerificationResult(
+                    VerificationOutcome(item.rollout_id, item.action_id, Verdict.PASS, "no verifier", False)
+                )
+            )
+            return
+        self.verifier.start(
+            rollout_id=item.rollout_id,
+            action_id=item.action_id,
+            spec=spec,
+            canary=canary,
+            baseline=baseline,
+            comparative=bool(payload.get("comparative", True)),
+        )
+
+    def _verification_result(
+        self, tx: Tx, outcome: VerificationOutcome, now: float, changed: dict[str, list[Action]]
+    ) -> None:
+        tx.mark_done([outcome.action_id])
+        state = self.states.get(outcome.rollout_id)
+        service = state.service if state else ""
+        tx.append_events(
+            [
+                NewEvent(
+                    ts=now,
+                    kind=f"gate.{gate['verdict']}",
+                    message=f"{gate['gate']}: {gate['explanation']}",
+                    service=service,
+                    rollout_id=outcome.rollout_id,
+                )
+                for gate in outcome.gates
+            ]
+        )
+        for gate in outcome.gates:
+            key = f"gate:{outcome.rollout_id}:{outcome.action_id}:{gate['gate']}"
+            tx.set_meta(key, json.dumps(gate, default=str)[:65536])
+        if state is None:
+            return
+        event = AnalysisDone(outcome.action_id, outcome.verdict, outcome.summary, outcome.errored)
+        decision = machine.step(state, event, now)
+        changed.setdefault(outcome.rollout_id, []).extend(decision.actions)
 
     def _traffic_result(
         self, tx: Tx, outcome: TrafficOutcome, now: float, changed: dict[str, list[Action]]
