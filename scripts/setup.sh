@@ -13,6 +13,7 @@ cd "$(dirname "${BASH_SOURCE[0]}")/.."
 DEBIAN_PACKAGES=(
   python3-venv
   haproxy # the local fleet's load balancer; traffic adapter tests (headway.traffic)
+  prometheus # Prometheus gate tests (tests/metrics): scrapes the sample apps' /metrics
 )
 
 log() { printf 'setup: %s\n' "$*" >&2; }
