@@ -8,7 +8,9 @@ from typing import Any
 
 import pytest
 import sqlalchemy as sa
+from alembic import command
 from alembic.autogenerate import compare_metadata
+from alembic.config import Config
 from alembic.migration import MigrationContext
 
 from headway.domain.models import ArtifactRef, Health, RolloutStatus, RolloutSummary
@@ -64,7 +66,7 @@ def test_migrate_twice_is_a_no_op_and_matches_the_metadata(store: Store) -> None
         diff = compare_metadata(MigrationContext.configure(conn), metadata)
         assert diff == []
         version = conn.exec_driver_sql("SELECT version_num FROM alembic_version").scalars().all()
-        assert version == ["0001"]
+        assert version == ["0002"]
 
 
 def test_an_exception_rolls_back_every_write_of_the_transaction(store: Store) -> None:
@@ -278,6 +280,7 @@ def test_upsert_host_registers_then_refreshes_keeping_the_desired_state(store: S
             "connected": True,
             "detail": "",
             "last_seen": NOW,
+            "serve": True,
         }
         assert tx.set_host_desired("h1", 2, 1) is True
         tx.record_observation("h1", 2, 1, Health.HEALTHY, "up", NOW + 1)
@@ -310,6 +313,56 @@ def test_set_host_desired_applies_only_newer_generations(store: Store) -> None:
         assert (host.desired_release, host.generation) == (None, 6)
         with pytest.raises(NotFound):
             tx.set_host_desired("ghost", 1, 1)
+
+
+def test_the_serve_flag_changes_alone_and_survives_reconnects(store: Store) -> None:
+    with store.tx() as tx:
+        tx.upsert_host("h1", "web", "127.0.10.1", {}, NOW)
+        tx.upsert_host("h2", "web", "127.0.10.2", {}, NOW)
+        assert tx.set_host_desired("h1", 2, 3) is True
+        assert tx.set_host_serve("h1", True) is False  # hosts serve from the start
+        assert tx.set_host_serve("h1", False) is True
+        assert tx.set_host_serve("h1", False) is False  # the same again: no change
+        with pytest.raises(NotFound) as caught:
+            tx.set_host_serve("ghost", False)
+        assert "agent" in caught.value.hint
+    with store.tx() as tx:
+        h1 = tx.get_host("h1")
+        assert (h1.serve, h1.desired_release, h1.generation) == (False, 2, 3)  # generation kept
+        assert {h.name: h.serve for h in tx.list_hosts("web")} == {"h1": False, "h2": True}
+        tx.record_observation("h1", 2, 3, Health.HEALTHY, "", NOW + 1)
+        tx.set_disconnected("h1", NOW + 2)
+        again = tx.upsert_host("h1", "web", "127.0.10.1", {}, NOW + 3)  # the agent is back
+        assert again.serve is False
+        assert tx.set_host_serve("h1", True) is True
+    with store.tx() as tx:
+        assert tx.get_host("h1").serve is True
+
+
+def test_migrating_a_0001_database_keeps_its_hosts_serving(store_url: str) -> None:
+    old = Store(store_url)
+    config = Config()
+    config.set_main_option("script_location", "headway.store:migrations")
+    config.set_main_option("path_separator", "os")
+    with old.engine.begin() as conn:
+        config.attributes["connection"] = conn
+        command.upgrade(config, "0001")
+    with old.engine.begin() as conn:
+        conn.exec_driver_sql(
+            "INSERT INTO hosts (name, service, address, labels, desired_release, generation, "
+            "observed_release, observed_generation, health, connected, detail, last_seen) "
+            "VALUES ('old', 'web', '127.0.10.1', '{}', 1, 4, 1, 4, 'healthy', false, '', 0)"
+        )
+    old.close()
+    store = Store(store_url)
+    store.migrate()
+    try:
+        with store.tx() as tx:
+            host = tx.get_host("old")
+            assert (host.serve, host.generation, host.health) == (True, 4, Health.HEALTHY)
+            assert tx.set_host_serve("old", False) is True
+    finally:
+        store.close()
 
 
 def test_observations_disconnects_and_listing(store: Store) -> None:

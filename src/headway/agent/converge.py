@@ -4,12 +4,15 @@ Level-triggered, like a Kubernetes controller. Each pass compares the newest
 `Desired` with what runs and does what is missing:
 
     same release running      adopt the new generation; no restart
+    only ``serve`` differs    GET /ready follows it (`headway.agent.readiness`); no pass
     another release (or none) switch: fetch -> stage -> stop old -> flip -> start new
     nothing to switch         supervise: probe health, restart the app if it died
 
 A switch writes the journal before each step. Until the old app is stopped
 a newer `Desired` simply wins (the switch is dropped); from then on the
 switch goes to the end and the next pass moves on to the newer target.
+Under a polling balancer the old app is stopped only once GET /ready has
+answered 503 for the balancer's settle time (`_leave_balancer`).
 
 ``Observation.generation`` is the generation of the desired state the host
 has converged to: it moves once the release runs and its health check has
@@ -39,6 +42,7 @@ from headway.agent.executors import (
 from headway.agent.files import atomic_symlink
 from headway.agent.health import probe
 from headway.agent.journal import Journal, Step, clear_journal, read_journal, write_journal
+from headway.agent.readiness import Readiness
 from headway.agent.settings import AgentSettings
 from headway.agent.target import Target, app_env
 from headway.clock import Clock
@@ -120,12 +124,23 @@ class Controller:
         self._started = 0.0
         self._restart_at: float | None = None
         self._backoff = BACKOFF_MIN
+        self.readiness = Readiness(settings.state_dir, clock)   # what GET /ready answers
 
     # ---- inputs and outputs ---------------------------------------------------------------
 
     def offer(self, desired: Desired) -> None:
         """The server's newest desired state (every message on the channel is newer)."""
         if desired == self._desired:
+            return
+        self.readiness.configure(desired.service)
+        if self.readiness.set_serve(desired.serve):
+            self._publish()
+        if self._desired is not None and desired == self._desired.model_copy(
+            update={"serve": desired.serve}
+        ):
+            # Only in or out of load balancing: /ready follows; the app is left alone (a
+            # switch under way is not superseded, the generation is not adopted again).
+            self._desired = desired
             return
         self._desired = desired
         self._desired_seq += 1
@@ -134,15 +149,21 @@ class Controller:
         self.desired_changed.fire()
 
     def _publish(self) -> None:
+        self.readiness.update(self._health, self._detail)
+        note = self.readiness.note()
         observed = Observation(
             release=self.app.release if self.app else None,
             generation=self._generation,
             health=self._health,
-            detail=self._detail,
+            detail=f"{self._detail}; {note}" if self._detail and note else self._detail or note,
         )
         if observed != self.observed:
             self.observed = observed
             self.observed_changed.fire()
+
+    def publish(self) -> None:
+        """Report the observation again if it changed (the readiness endpoint's state did)."""
+        self._publish()
 
     def _set(self, health: Health, detail: str, *, force: bool = False) -> None:
         if self._sticky and not force:
@@ -255,6 +276,27 @@ class Controller:
                 with contextlib.suppress(asyncio.CancelledError):
                     await task
 
+    async def _leave_balancer(self, previous: AppRecord, target: Target, seq: int) -> bool:
+        """Under a polling balancer, stop the app only once GET /ready has answered 503 for
+        the balancer's settle time. Normally the server's drain waited that long already and
+        this returns at once; it waits when the drain and the new release came together
+        (say, after a reconnect). False if a newer desired state arrived meanwhile."""
+        if self.readiness.spec is None:
+            return True
+        self._set(Health.STARTING, f"taking v{previous.release} out of load balancing "
+                                   f"to start v{target.number}")
+        wait = self.readiness.settle_left()
+        if wait <= 0:
+            return True
+        log.info("waiting %.2fs for the load balancer to stop sending to v%d before stopping it",
+                 wait, previous.release)
+
+        async def settle() -> bool:
+            await asyncio.sleep(wait)
+            return True
+
+        return await self._unless_superseded(settle(), seq) is not None
+
     def _journal(self, step: Step, target: Target, previous: AppRecord | None) -> None:
         write_journal(
             self.state_dir,
@@ -293,6 +335,9 @@ class Controller:
                 self._fail(target.generation, f"{error.message}; the running app is untouched")
                 return Outcome.DONE
         if self._desired_seq != seq:
+            clear_journal(self.state_dir)
+            return Outcome.SUPERSEDED
+        if previous is not None and not await self._leave_balancer(previous, target, seq):
             clear_journal(self.state_dir)
             return Outcome.SUPERSEDED
         self._journal(Step.STOP, target, previous)
@@ -475,6 +520,8 @@ class Controller:
         elif record is not None:
             app = record if record.executor is ExecutorKind.COMMANDS else record.with_(pid=None)
         self.app = app
+        if self._desired is None and app is not None and app.target is not None:
+            self.readiness.configure(app.target.service)  # /ready answers before the server
         self._generation = app.generation if app else 0
         self._ever_healthy = True
         self._started = self.clock.monotonic()

@@ -1,6 +1,7 @@
 """``run_agent``: the channel to the server, the reconnect loop, and the controller beside it.
 
-The agent dials out (it listens on nothing): ``hello`` with what it observes,
+The agent dials out (it listens only for a polling balancer, on the optional
+readiness endpoint of `headway.agent.readiness`): ``hello`` with what it observes,
 then ``welcome`` and ``desired`` messages at any time; it sends ``report``
 whenever its observation changes and every heartbeat. When the server is
 away it keeps the app running and retries with jittered exponential
@@ -25,6 +26,7 @@ from websockets.asyncio.client import ClientConnection, connect
 from websockets.exceptions import ConnectionClosed, InvalidHandshake, InvalidStatus
 
 from headway.agent.converge import Controller, wait_for_event
+from headway.agent.readiness import ReadinessEndpoint
 from headway.agent.settings import AgentSettings
 from headway.clock import Clock, SystemClock
 from headway.errors import Conflict, SpecError
@@ -189,10 +191,12 @@ async def run_agent(settings: AgentSettings, clock: Clock | None = None) -> None
     rng = random.Random(f"{settings.name}/{os.getpid()}")
     controller = Controller(settings, clock)
     channel = Channel(settings, controller, clock, rng)
+    endpoint = ReadinessEndpoint(controller.readiness, settings.address, controller.publish)
     log.info("agent %s starting (state in %s)", settings.name, settings.state_dir)
     tasks = [
         asyncio.create_task(controller.run(), name="controller"),
         asyncio.create_task(channel.run(), name="channel"),
+        asyncio.create_task(endpoint.run(), name="readiness"),
         asyncio.create_task(stop.wait(), name="stop"),
     ]
     try:

@@ -68,6 +68,8 @@ class HostView(_Frozen):
     connected: bool = False
     detail: str = ""
     last_seen: float = 0.0
+    serve: bool = True  # should it be in load balancing (False while drained); agents answer
+    # a polling balancer's GET /ready with it (traffic.balancer readiness)
 
 
 class RolloutStatus(StrEnum):

@@ -315,6 +315,16 @@ class ReadinessTraffic(_Strict):
     interval: Duration = 2.0  # the balancer's check interval
     fall: int = Field(default=2, ge=1)  # failed checks before it stops sending
 
+    @property
+    def settle_time(self) -> float:
+        """Seconds from GET /ready turning 503 until the balancer surely sends nothing new.
+
+        Its next check comes within one ``interval`` and it gives up after ``fall`` failed
+        checks in a row, so at most ``interval * fall``; 0.25 s more covers the flag's trip
+        from the server to the agent and the check's own round trip. ``2s`` x 2 -> 4.25 s.
+        """
+        return self.interval * self.fall + 0.25
+
 
 class TrafficSpec(_Strict):
     """Which load balancer fronts the service; drains happen there before a host changes."""

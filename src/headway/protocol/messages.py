@@ -10,7 +10,8 @@ current ``desired`` at once, so it never converges to a stale target.
 
     agent                                   server
       | -- hello(host, labels, observed) -->  |
-      | <-- desired(release, generation) ---  |   (now, and on every change)
+      | <-- desired(release, generation, ---  |   (now, and on every change)
+      |             serve)                    |
       | -- report(observed) ---------------->  |   (on every change, and every
       |                                        |    heartbeat interval)
 """
@@ -35,10 +36,10 @@ class _Message(BaseModel):
 class Observation(_Message):
     """What an agent sees on its host right now."""
 
-    release: int | None = None          # release number running (None: nothing installed)
-    generation: int = 0                 # generation of the desired state it last converged to
+    release: int | None = None  # release number running (None: nothing installed)
+    generation: int = 0  # generation of the desired state it last converged to
     health: Health = Health.UNKNOWN
-    detail: str = ""                    # human-readable: why FAILED/UNHEALTHY, what it is doing
+    detail: str = ""  # human-readable: why FAILED/UNHEALTHY, what it is doing
 
 
 class Hello(_Message):
@@ -66,15 +67,19 @@ class DesiredRelease(_Message):
 class Desired(_Message):
     type: Literal["desired"] = "desired"
     generation: int
-    release: DesiredRelease | None     # None: nothing to run yet
+    release: DesiredRelease | None  # None: nothing to run yet
     service: ServiceSpec | None
+    # Should the host be in load balancing? Not part of the generation: it flips on its own
+    # (drain, admit) and the agent follows it without touching the app; with a readiness
+    # balancer (traffic.balancer readiness) it decides what the agent's GET /ready answers.
+    serve: bool = True
 
 
 class Welcome(_Message):
     type: Literal["welcome"] = "welcome"
     protocol: int = PROTOCOL_VERSION
     host: str
-    heartbeat: float = 15.0             # seconds between reports when nothing changes
+    heartbeat: float = 15.0  # seconds between reports when nothing changes
 
 
 class ErrorMessage(_Message):

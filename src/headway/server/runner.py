@@ -50,6 +50,7 @@ from headway.engine.state import RolloutState
 from headway.errors import Conflict, HeadwayError, NotFound, StoreUnavailable
 from headway.protocol.messages import Desired, DesiredRelease, Observation
 from headway.server.hub import AgentHub
+from headway.server.readiness import StoreServeFlags
 from headway.server.traffic_driver import TrafficDriver, TrafficOutcome
 from headway.server.verification import VerificationOutcome, Verifier
 from headway.store import NewEvent, OutboxItem, Store, Tx
@@ -168,6 +169,8 @@ class Runner:
         self.hub = hub
         self.clock = clock
         self.traffic = traffic
+        if traffic is not None and traffic.serve_flags is None:  # readiness balancers' flags
+            traffic.serve_flags = StoreServeFlags(store, self._desired_message, hub.push)
         self.verifier = verifier
         self.reconnect_grace = reconnect_grace
         self.queue: asyncio.Queue[Request] = asyncio.Queue()
@@ -529,7 +532,7 @@ class Runner:
             hosts=hosts,
             now=now,
             actor=actor,
-            traffic=spec.traffic.balancer is BalancerKind.HAPROXY,
+            traffic=spec.traffic.balancer is not BalancerKind.NONE,
             live_pool=tx.get_meta(live_pool_key(spec.name)),
             max_rps_per_host=spec.traffic.max_rps_per_host,
             verification=spec.verification,
@@ -851,7 +854,7 @@ class Runner:
             try:
                 spec = tx.get_service(host.service)
             except NotFound:
-                return Desired(generation=host.generation, release=None, service=None)
+                return Desired(generation=host.generation, release=None, service=None, serve=host.serve)
             self._service_cache[host.service] = spec
         release_msg = None
         if host.desired_release is not None:
@@ -863,4 +866,4 @@ class Runner:
             release_msg = DesiredRelease(
                 number=release.number, artifact=release.artifact, params=release.params
             )
-        return Desired(generation=host.generation, release=release_msg, service=spec)
+        return Desired(generation=host.generation, release=release_msg, service=spec, serve=host.serve)

@@ -25,6 +25,7 @@ from headway.clock import Clock
 from headway.domain.models import Health, HostView
 from headway.domain.spec import BalancerKind, ServiceSpec
 from headway.errors import HeadwayError
+from headway.server.readiness import StoreServeFlags
 from headway.traffic import HAProxyBackend, ServerState, TrafficBackend, admit, drain
 
 log = logging.getLogger("headway.traffic")
@@ -47,15 +48,27 @@ class TrafficDriver:
         report: Callable[[TrafficOutcome], None],
         clock: Clock,
         rng: random.Random,
+        serve_flags: StoreServeFlags | None = None,
     ) -> None:
         self._report = report
         self._clock = clock
         self._rng = rng
+        self.serve_flags = serve_flags  # for readiness balancers; the runner sets it
         self._backends: dict[str, tuple[str, TrafficBackend]] = {}
         self._tasks: dict[str, asyncio.Task[None]] = {}
 
     def backend_for(self, spec: ServiceSpec) -> TrafficBackend | None:
         traffic = spec.traffic
+        if traffic.balancer is BalancerKind.READINESS:
+            if traffic.readiness is None or self.serve_flags is None:
+                return None
+            key = f"readiness|{traffic.readiness.model_dump_json()}"
+            cached = self._backends.get(spec.name)
+            if cached is None or cached[0] != key:
+                readiness = self.serve_flags.backend(spec.name, traffic.readiness)
+                self._backends[spec.name] = (key, readiness)
+                return readiness
+            return cached[1]
         if traffic.balancer is not BalancerKind.HAPROXY or traffic.haproxy is None:
             return None
         key = f"{traffic.haproxy.socket}|{traffic.haproxy.backend}"

@@ -84,6 +84,7 @@ hosts = sa.Table(
     sa.Column("connected", sa.Boolean(), nullable=False),
     sa.Column("detail", sa.Text(), nullable=False),
     sa.Column("last_seen", sa.Double(), nullable=False),
+    sa.Column("serve", sa.Boolean(), nullable=False, server_default=sa.true()),  # revision 0002
     sa.Index("ix_hosts_service", "service"),
 )
 

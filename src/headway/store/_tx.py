@@ -302,6 +302,7 @@ class Tx:
             connected=bool(row.connected),
             detail=row.detail,
             last_seen=row.last_seen,
+            serve=bool(row.serve),
         )
 
     def upsert_host(
@@ -322,6 +323,7 @@ class Tx:
             connected=True,
             detail="",
             last_seen=now,
+            serve=True,
         )
         row = self._conn.execute(
             insert.on_conflict_do_update(
@@ -381,6 +383,24 @@ class Tx:
             sa.update(hosts)
             .where(hosts.c.name == name, hosts.c.generation < generation)
             .values(desired_release=release, generation=generation)
+        )
+        if result.rowcount == 1:
+            return True
+        exists = self._conn.execute(sa.select(hosts.c.name).where(hosts.c.name == name)).first()
+        if exists is None:
+            raise NotFound(f"host {name!r} is not registered", hint=_HOST_HINT)
+        return False
+
+    def set_host_serve(self, name: str, serve: bool) -> bool:
+        """Put the host in load balancing (``serve``) or take it out; True if that changed it.
+
+        Not a desired-state change: the generation stays, so the engine's own
+        generations are unaffected. NotFound if the host is not registered.
+        """
+        result = self._conn.execute(
+            sa.update(hosts)
+            .where(hosts.c.name == name, hosts.c.serve != bool(serve))
+            .values(serve=bool(serve))
         )
         if result.rowcount == 1:
             return True
