@@ -14,8 +14,8 @@ verification:
     - name: app-errors
       prometheus:
         url: http://127.0.0.1:9090
-        query: sum(rate(http_requests_total{code=~"5..",instance=~"{hosts}"}[30s]))
-                 / sum(rate(http_requests_total{instance=~"{hosts}"}[30s]))
+        query: (sum(rate(requests_total{code=~"5..",instance=~"{hosts}"}[30s])) or vector(0))
+                 / sum(rate(requests_total{instance=~"{hosts}"}[30s]))
         max_increase: 0.01                                  # absolute, canary minus baseline
     - name: smoke
       command: {argv: ["./smoke-test.sh", "{canary_urls}"], timeout: 60s}
@@ -64,14 +64,22 @@ class BalancerMetric(StrEnum):
 class BalancerGate(_Strict):
     """Compare canary and baseline hosts on the load balancer's per-server counters.
 
-    ``error_rate``: ``max_increase`` in percentage points (1.0 = one point).
-    ``latency``: ``max_increase`` relative to the baseline (10% or 0.1).
+    ``error_rate``: ``max_increase`` in percentage points (default 1.0 = one point).
+    ``latency``: ``max_increase`` relative to the baseline (default 10%).
+    A regression no bigger than the tolerance is never detected: set it below the
+    smallest regression that matters.
     """
 
     metric: BalancerMetric
-    max_increase: Increase = 1.0
+    max_increase: Increase | None = None
     alpha: float = Field(default=0.01, gt=0, lt=0.5)
-    min_requests: int = Field(default=50, ge=1)
+    min_requests: int = Field(default=100, ge=1)
+
+    @property
+    def tolerance(self) -> float:
+        if self.max_increase is not None:
+            return self.max_increase
+        return 1.0 if self.metric is BalancerMetric.ERROR_RATE else 0.10
 
 
 class PrometheusGate(_Strict):

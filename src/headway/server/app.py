@@ -26,6 +26,7 @@ from headway.server.runner import Runner, TrafficResult
 from headway.server.settings import ServerSettings, load_or_create_tokens
 from headway.server.traffic_driver import TrafficDriver
 from headway.server.traffic_loop import reconcile_forever
+from headway.server.ui import install_ui
 from headway.store import Store
 
 log = logging.getLogger("headway.server")
@@ -141,6 +142,7 @@ def create_app(
         return {"status": "ok", "version": headway.__version__}
 
     app.include_router(router)
+    install_ui(app, clock)
     app.add_api_websocket_route(CHANNEL_PATH, agent_channel)
     app.add_middleware(
         BodyLimit,

@@ -170,14 +170,17 @@ class GateRunner:
                 c.requests,
                 b.errors,
                 b.requests,
-                max_increase_pp=spec.max_increase,
+                max_increase_pp=spec.tolerance,
                 alpha=spec.alpha,
                 min_requests=spec.min_requests,
                 metric=f"{gate.name} (balancer error rate)",
             )
             series = [
-                [p.t, _rate(p.canary_errors, p.canary_requests),
-                 _rate(p.baseline_errors, p.baseline_requests)]
+                [
+                    p.t,
+                    _rate(p.canary_errors, p.canary_requests),
+                    _rate(p.baseline_errors, p.baseline_requests),
+                ]
                 for p in window.series
             ]
         else:
@@ -196,7 +199,7 @@ class GateRunner:
                 judgement = judge_latency(
                     c.latencies_ms,
                     b.latencies_ms,
-                    max_increase=spec.max_increase,
+                    max_increase=spec.tolerance,
                     alpha=spec.alpha,
                     min_samples=BALANCER_LATENCY_MIN_SAMPLES,
                     slack_ms=LATENCY_SLACK_MS,
@@ -239,7 +242,8 @@ class GateRunner:
                 *(self._query(source, queries[arm]) for arm in ("canary", "baseline"))
             )
         except MetricsUnavailable as error:
-            return _inconclusive(gate, f"{metric}: {error}", {"queries": queries})
+            # a source that errors is not "too little data": the rollout pauses at once
+            return _inconclusive(gate, f"{metric}: {error}", {"queries": queries, "errored": True})
         judgement = judge_threshold(values[0], values[1], max_increase=prom.max_increase, metric=metric)
         data = _data(judgement) | {"queries": queries}
         return GateResult(gate.name, gate.kind, judgement.verdict, judgement.explanation, data)
