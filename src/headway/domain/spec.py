@@ -180,11 +180,14 @@ class RollingStrategy(_HostPolicy):
 
 
 PROMOTE = "promote"
+NO_PAUSE = -1.0  # a hosts step has no pause; stored as this number so that it reads back
 
 
 def _parse_pause(value: object) -> float | None:
     if value == PROMOTE:
         return None
+    if value == NO_PAUSE and not isinstance(value, bool | str):
+        return NO_PAUSE
     return parse_duration(value)
 
 
@@ -196,8 +199,8 @@ class CanaryStep(_Strict):
     pause: Annotated[
         float | None,
         BeforeValidator(_parse_pause),
-        PlainSerializer(lambda v: PROMOTE if v is None else format_duration(v)),
-    ] = Field(default=-1.0)
+        PlainSerializer(lambda v: PROMOTE if v is None else v if v < 0 else format_duration(v)),
+    ] = Field(default=NO_PAUSE)
 
     @model_validator(mode="after")
     def _one_kind(self) -> CanaryStep:
