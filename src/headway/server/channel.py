@@ -51,13 +51,13 @@ async def agent_channel(websocket: WebSocket) -> None:
     await ctx.hub.attach(session)
     writer: asyncio.Task[None] | None = None
     try:
-        desired = await ctx.runner.call(
+        # the runner pushes the host's desired state into the session after its commit
+        await ctx.runner.call(
             r.HostHello(hello.host, service, hello.address, dict(hello.labels), hello.observed)
         )
         await websocket.send_text(
             Welcome(host=hello.host, heartbeat=ctx.settings.heartbeat).model_dump_json()
         )
-        session.push(desired)
         writer = asyncio.create_task(session.writer())
         while True:
             frame = await websocket.receive_text()

@@ -422,7 +422,7 @@ class Runner:
         now: float,
         changed: dict[str, list[Action]],
         pushes: list[str],
-    ) -> Desired:
+    ) -> None:
         view = tx.upsert_host(request.host, request.service, request.address, request.labels, now)
         self.host_service[request.host] = request.service
         self.connected_since_start.add(request.host)
@@ -451,9 +451,10 @@ class Runner:
                     ]
                 )
         self._feed_engine(request.host, request.observed, True, now, changed)
-        message = self._desired_message(tx, request.host)
-        assert message is not None
-        return message
+        # pushed after the commit, in order with every other push of this batch, so a
+        # drain or readmit decided in the same batch is never overwritten by an older reply
+        pushes.append(request.host)
+        return None
 
     def _current_release(self, tx: Tx, service: str) -> int | None:
         try:
