@@ -26,6 +26,7 @@ from pydantic import (
     model_validator,
 )
 
+from headway.domain.config_spec import ConfigSpec
 from headway.domain.durations import Budget, parse_duration
 from headway.domain.verification import VerificationSpec
 from headway.errors import SpecError
@@ -358,6 +359,7 @@ class ServiceSpec(_Strict):
     strategy: Strategy = Field(default_factory=RollingStrategy)
     traffic: TrafficSpec = Field(default_factory=TrafficSpec)
     verification: VerificationSpec | None = None
+    config: ConfigSpec | None = None
     drain_timeout: Duration = 30.0
 
     @field_validator("name")

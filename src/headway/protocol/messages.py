@@ -30,7 +30,16 @@ CHANNEL_PATH = "/agent/v1/channel"
 
 
 class _Message(BaseModel):
+    """Agent -> server messages: strict, unknown fields refused."""
+
     model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class _ServerMessage(BaseModel):
+    """Server -> agent messages: unknown fields ignored, so an older agent can read a newer
+    server's messages (forward compatibility); the fields it knows are still validated."""
+
+    model_config = ConfigDict(extra="ignore", frozen=True)
 
 
 class Observation(_Message):
@@ -40,6 +49,10 @@ class Observation(_Message):
     generation: int = 0  # generation of the desired state it last converged to
     health: Health = Health.UNKNOWN
     detail: str = ""  # human-readable: why FAILED/UNHEALTHY, what it is doing
+    # config drift: the hash of the config files the agent wrote when it applied its
+    # release, and the hash of what is on disk now ("" when the release has no config)
+    config_applied: str = ""
+    config_on_disk: str = ""
 
 
 class Hello(_Message):
@@ -56,15 +69,31 @@ class Report(_Message):
     observed: Observation
 
 
-class DesiredRelease(_Message):
+class ConfigBundle(_ServerMessage):
+    """A release's configuration: a .tar.gz of files pinned by digest (content-addressed).
+
+    The agent fetches it from ``url`` (relative: the server), verifies the digest,
+    writes the files under the host's config directory (no absolute paths, no '..',
+    no links out), fills per-host placeholders, runs the service's validation
+    command and activates it atomically, keeping the previous revision.
+    """
+
+    digest: str
+    size: int
+    url: str
+    revision: str = ""  # a short id for humans: git commit or store revision
+
+
+class DesiredRelease(_ServerMessage):
     """Everything an agent needs to install and run one release."""
 
     number: int
     artifact: ArtifactRef
     params: dict[str, str] = Field(default_factory=dict)
+    config: ConfigBundle | None = None
 
 
-class Desired(_Message):
+class Desired(_ServerMessage):
     type: Literal["desired"] = "desired"
     generation: int
     release: DesiredRelease | None  # None: nothing to run yet
@@ -75,14 +104,14 @@ class Desired(_Message):
     serve: bool = True
 
 
-class Welcome(_Message):
+class Welcome(_ServerMessage):
     type: Literal["welcome"] = "welcome"
     protocol: int = PROTOCOL_VERSION
     host: str
     heartbeat: float = 15.0  # seconds between reports when nothing changes
 
 
-class ErrorMessage(_Message):
+class ErrorMessage(_ServerMessage):
     type: Literal["error"] = "error"
     message: str
 
