@@ -4,13 +4,17 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import gzip
+import hashlib
 import http.client
+import io
 import os
 import random
 import signal
 import socket
 import subprocess
 import sys
+import tarfile
 import threading
 import time
 from collections.abc import AsyncIterator, Callable, Iterator
@@ -31,6 +35,7 @@ from headway.domain.spec import ServiceSpec
 from headway.fleet.artifact import build_sample_artifact, sha256_file
 from headway.protocol.messages import (
     CHANNEL_PATH,
+    ConfigBundle,
     Desired,
     DesiredRelease,
     Hello,
@@ -62,6 +67,22 @@ def free_address(port: int = APP_PORT) -> str:
     raise RuntimeError("no free 127.0.20.x address for a test app")
 
 
+def config_tarball(files: dict[str, str | bytes]) -> bytes:
+    """A .tar.gz of ``files`` (relative name -> contents), the same bytes for the same files."""
+    raw = io.BytesIO()
+    with tarfile.open(fileobj=raw, mode="w", format=tarfile.PAX_FORMAT) as tar:
+        for name in sorted(files):
+            data = files[name]
+            data = data.encode() if isinstance(data, str) else data
+            info = tarfile.TarInfo(name)
+            info.size, info.mode, info.mtime = len(data), 0o644, 946684800
+            tar.addfile(info, io.BytesIO(data))
+    out = io.BytesIO()
+    with gzip.GzipFile(filename="", mode="wb", fileobj=out, mtime=0) as gz:
+        gz.write(raw.getvalue())
+    return out.getvalue()
+
+
 def wait_until(predicate: Callable[[], Any], timeout: float = 15.0, what: str = "") -> Any:
     deadline = time.monotonic() + timeout
     while True:
@@ -79,6 +100,8 @@ class FakeServer:
     def __init__(self, port: int = 0) -> None:
         self.artifacts: dict[str, bytes] = {}
         self.artifact_gets: list[str] = []
+        self.configs: dict[str, bytes] = {}
+        self.config_gets: list[str] = []
         self.artifact_delay: dict[str, float] = {}
         self.hellos: list[Hello] = []
         self.reports: dict[str, list[Observation]] = {}
@@ -88,6 +111,7 @@ class FakeServer:
         app = Starlette(routes=[
             WebSocketRoute(CHANNEL_PATH, self._channel),
             Route("/api/v1/artifacts/{digest}", self._artifact),
+            Route("/api/v1/configs/{digest}", self._config),
             Route("/stream/{digest}", self._stream),
         ])
         self.sock = socket.socket()
@@ -123,6 +147,16 @@ class FakeServer:
         data = self.artifacts.get(digest)
         if data is None:
             return Response("no such artifact", status_code=404)
+        return Response(data, media_type="application/gzip")
+
+    async def _config(self, request: Request) -> Response:
+        if request.headers.get("authorization") != f"Bearer {TOKEN}":
+            return Response("bad token", status_code=401)
+        digest = request.path_params["digest"]
+        self.config_gets.append(digest)
+        data = self.configs.get(digest)
+        if data is None:
+            return Response("no such config", status_code=404)
         return Response(data, media_type="application/gzip")
 
     async def _stream(self, request: Request) -> Response:
@@ -200,21 +234,36 @@ class FakeServer:
     def gets_of(self, ref: ArtifactRef) -> int:
         return self.artifact_gets.count(ref.digest)
 
+    def add_config(self, files: dict[str, str | bytes], revision: str = "") -> ConfigBundle:
+        return self.add_config_bytes(config_tarball(files), revision)
 
-def service(port: int = APP_PORT, stop_timeout: str = "5s", progress: str = "60s") -> ServiceSpec:
+    def add_config_bytes(self, data: bytes, revision: str = "") -> ConfigBundle:
+        digest = f"sha256:{hashlib.sha256(data).hexdigest()}"
+        self.configs[digest] = data
+        return ConfigBundle(digest=digest, size=len(data), url=f"/api/v1/configs/{digest}",
+                            revision=revision)
+
+    def config_gets_of(self, bundle: ConfigBundle) -> int:
+        return self.config_gets.count(bundle.digest)
+
+
+def service(port: int = APP_PORT, stop_timeout: str = "5s", progress: str = "60s",
+            config: dict[str, Any] | None = None) -> ServiceSpec:
     return ServiceSpec.model_validate({
         "name": "web",
         "port": port,
         "run": {"start": [sys.executable, "app.py"], "stop_timeout": stop_timeout},
         "health": {"http": {"path": "/healthz"}, "interval": "200ms", "timeout": "1s"},
         "strategy": {"min_healthy_time": "1s", "progress_deadline": progress},
+        **({"config": config} if config is not None else {}),
     })
 
 
 def desired(generation: int, number: int, ref: ArtifactRef, spec: ServiceSpec,
-            **params: str) -> Desired:
+            config: ConfigBundle | None = None, **params: str) -> Desired:
     return Desired(generation=generation,
-                   release=DesiredRelease(number=number, artifact=ref, params=params),
+                   release=DesiredRelease(number=number, artifact=ref, params=params,
+                                          config=config),
                    service=spec)
 
 
@@ -300,5 +349,4 @@ def make_agent(server: FakeServer, tmp_path: Path) -> Iterator[Callable[[str], A
     yield make
     for agent in agents:
         agent.cleanup()
-    for agent in agents:
-        wait_until(lambda a=agent: not a.app_pids(), 5, "test apps to exit")
+    wait_until(lambda: not any(a.app_pids() for a in agents), 5, "test apps to exit")

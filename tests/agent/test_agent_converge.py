@@ -166,7 +166,7 @@ def test_killed_agent_with_deleted_state_adopts_the_running_app(
 
     # and it still supervises it: kill the app, the agent restarts it
     os.kill(pid[0], signal.SIGKILL)
-    wait_until(lambda: agent.app_pids() and agent.app_pids() != pid, 15, "a restart")
+    wait_until(lambda: (now := agent.app_pids()) and now != pid, 15, "a restart")
     server.wait_observed("h6", release=1, health=Health.HEALTHY)
     assert len(agent.app_pids()) == 1
 

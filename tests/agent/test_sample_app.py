@@ -86,6 +86,37 @@ def test_routes_version_config_and_metrics(run_app: type[App], tmp_path: Path) -
     assert 'app_version_info{version="v5"} 1' in metrics
 
 
+def test_config_dir_follows_a_flipped_link_on_sighup_and_checks_config(
+    run_app: type[App], tmp_path: Path
+) -> None:
+    for name, text in [("r1", "greeting = one\n"), ("r2", "greeting = two\nfail_health = 1\n")]:
+        (tmp_path / name).mkdir()
+        (tmp_path / name / "app.conf").write_text(text)
+    (tmp_path / "current").symlink_to("r1")
+    app = run_app(HEADWAY_CONFIG_DIR=str(tmp_path / "current"))
+    app.wait_ready()
+    assert get(app.address)[2] == "one from box-1, version v5\n"
+    assert get(app.address, "/healthz")[0] == 200
+    (tmp_path / "next").symlink_to("r2")
+    (tmp_path / "next").replace(tmp_path / "current")
+    app.proc.send_signal(signal.SIGHUP)
+    wait_until(lambda: get(app.address)[2].startswith("two from"), 5, "the reload")
+    assert get(app.address, "/healthz")[0] == 503       # fail_health from the config
+    assert app.proc.poll() is None
+
+    (tmp_path / "bad").mkdir()
+    (tmp_path / "bad" / "app.conf").write_text("greeting = x\nno equals sign\n")
+    check = [sys.executable, str(SAMPLE_APP), "--check-config"]
+    assert subprocess.run([*check, str(tmp_path / "r1")], check=False).returncode == 0
+    bad = subprocess.run([*check, str(tmp_path / "bad")], capture_output=True, text=True,
+                         check=False)
+    assert bad.returncode == 1
+    assert "app.conf: line 2: expected 'key = value', got 'no equals sign'" in bad.stderr
+    missing = subprocess.run([*check, str(tmp_path / "nowhere")], capture_output=True,
+                             check=False)
+    assert missing.returncode == 1
+
+
 def test_version_file_beside_the_app_wins(tmp_path: Path, run_app: type[App]) -> None:
     (tmp_path / "app.py").write_bytes(SAMPLE_APP.read_bytes())
     (tmp_path / "VERSION").write_text("v9\n")

@@ -19,12 +19,12 @@ import shutil
 import tarfile
 import zlib
 from pathlib import Path
+from typing import Protocol
 from urllib.parse import urlsplit
 
 from headway.agent import httpget
 from headway.agent.target import Target, release_dir_name
 from headway.clock import Clock
-from headway.domain.models import ArtifactRef
 from headway.errors import ArtifactError, ServerUnreachable
 
 KEEP_RELEASES = 3
@@ -38,28 +38,51 @@ def download_deadline(size: int) -> float:
     return BASE_TIME + size / MIN_RATE
 
 
+class Blob(Protocol):
+    """A tarball pinned by digest: an `ArtifactRef` or a `ConfigBundle`."""
+
+    @property
+    def digest(self) -> str: ...
+
+    @property
+    def size(self) -> int: ...
+
+    @property
+    def url(self) -> str: ...
+
+
 class ArtifactCache:
-    def __init__(self, state_dir: Path, server: str, token: str, clock: Clock) -> None:
-        self.artifacts = state_dir / "artifacts"
+    """Verified downloads kept by digest; ``kind`` names them in errors ("artifact",
+    "config bundle") and ``subdir`` is their directory in the state directory."""
+
+    def __init__(self, state_dir: Path, server: str, token: str, clock: Clock, *,
+                 subdir: str = "artifacts", kind: str = "artifact",
+                 default_path: str = "/api/v1/artifacts/") -> None:
+        self.artifacts = state_dir / subdir
         self.releases = state_dir / "releases"
         self.server = server.rstrip("/")
         self.token = token
         self.clock = clock
+        self.kind = kind
+        self.default_path = default_path
         self.downloads = 0           # completed fetches from the network (for logs and tests)
 
     # ---- fetch ---------------------------------------------------------------------------
 
-    def url_for(self, ref: ArtifactRef) -> str:
+    def url_for(self, ref: Blob) -> str:
         if not ref.url:
-            return f"{self.server}/api/v1/artifacts/{ref.digest}"
+            return f"{self.server}{self.default_path}{ref.digest}"
         if ref.url.startswith("/"):
             return self.server + ref.url
         return ref.url
 
-    def cached_path(self, ref: ArtifactRef) -> Path:
+    def cached_path(self, ref: Blob) -> Path:
         return self.artifacts / f"{ref.digest.removeprefix('sha256:')}.tar.gz"
 
-    def _verified(self, path: Path, ref: ArtifactRef) -> bool:
+    def is_cached(self, ref: Blob) -> bool:
+        return self._verified(self.cached_path(ref), ref)
+
+    def _verified(self, path: Path, ref: Blob) -> bool:
         try:
             if path.stat().st_size != ref.size:
                 return False
@@ -71,7 +94,7 @@ class ArtifactCache:
             return False
         return f"sha256:{digest.hexdigest()}" == ref.digest
 
-    async def fetch(self, ref: ArtifactRef, what: str) -> Path:
+    async def fetch(self, ref: Blob, what: str) -> Path:
         """The verified tarball for ``ref``, from the cache or the network.
 
         Raises `ArtifactError` for a definitive failure (digest mismatch,
@@ -92,9 +115,9 @@ class ArtifactCache:
         except TimeoutError:
             part.unlink(missing_ok=True)
             raise ArtifactError(
-                f"artifact for {what} did not arrive within {deadline:.0f}s "
+                f"{self.kind} for {what} did not arrive within {deadline:.0f}s "
                 f"({ref.size} bytes); the download was abandoned",
-                hint="check the artifact source's speed, or publish a smaller artifact",
+                hint=f"check the {self.kind} source's speed, or publish a smaller {self.kind}",
             ) from None
         except BaseException:
             part.unlink(missing_ok=True)
@@ -103,7 +126,8 @@ class ArtifactCache:
         self.downloads += 1
         return path
 
-    async def _download(self, ref: ArtifactRef, part: Path, what: str) -> None:
+    async def _download(self, ref: Blob, part: Path, what: str) -> None:
+        kind = self.kind
         url = self.url_for(ref)
         headers = {"Accept-Encoding": "identity"}
         if _same_origin(url, self.server) and self.token:
@@ -114,53 +138,53 @@ class ArtifactCache:
             response = await httpget.get(url, headers)
         except httpget.ConnectFailed as error:
             raise ServerUnreachable(
-                f"artifact source unreachable for {what} ({error})", hint="the agent retries"
+                f"{kind} source unreachable for {what} ({error})", hint="the agent retries"
             ) from None
         except (httpget.BrokenResponse, ValueError) as error:
-            raise ArtifactError(f"artifact for {what}: bad answer from {url}: {error}") from None
+            raise ArtifactError(f"{kind} for {what}: bad answer from {url}: {error}") from None
         try:
             if response.status >= 500:
                 raise ServerUnreachable(
-                    f"artifact source answered HTTP {response.status} for {what}",
+                    f"{kind} source answered HTTP {response.status} for {what}",
                     hint="the agent retries; check the server's log",
                 )
             if response.status != 200:
                 hint = "check --token" if response.status in (401, 403) else ""
                 raise ArtifactError(
-                    f"artifact for {what} cannot be fetched: HTTP {response.status} from {url}",
-                    hint=hint or "check that the release's artifact still exists",
+                    f"{kind} for {what} cannot be fetched: HTTP {response.status} from {url}",
+                    hint=hint or f"check that the release's {kind} still exists",
                 )
             declared = response.headers.get("content-length", "")
             if declared.isdigit() and int(declared) > ref.size:
-                raise _oversize(what, ref, int(declared))
+                raise _oversize(kind, what, ref, int(declared))
             with part.open("wb") as handle:
                 async for chunk in response.body():
                     received += len(chunk)
                     if received > ref.size:
-                        raise _oversize(what, ref, received)
+                        raise _oversize(kind, what, ref, received)
                     hasher.update(chunk)
                     handle.write(chunk)
                 handle.flush()
                 os.fsync(handle.fileno())
         except httpget.BrokenResponse as error:
             raise ArtifactError(
-                f"artifact for {what} truncated or broken in transit after {received} of "
+                f"{kind} for {what} truncated or broken in transit after {received} of "
                 f"{ref.size} bytes ({error}); digest mismatch assumed",
-                hint="the agent will not run it; check the artifact source",
+                hint=f"the agent will not use it; check the {kind} source",
             ) from None
         finally:
             await response.close()
         if received != ref.size:
             raise ArtifactError(
-                f"artifact for {what} truncated: got {received} of {ref.size} bytes; "
+                f"{kind} for {what} truncated: got {received} of {ref.size} bytes; "
                 "digest mismatch",
-                hint="the agent will not run it; check the artifact source",
+                hint=f"the agent will not use it; check the {kind} source",
             )
         actual = f"sha256:{hasher.hexdigest()}"
         if actual != ref.digest:
             raise ArtifactError(
-                f"artifact for {what} digest mismatch: expected {ref.digest}, got {actual}",
-                hint="the artifact was altered or corrupted; republish it as a new release",
+                f"{kind} for {what} digest mismatch: expected {ref.digest}, got {actual}",
+                hint=f"the {kind} was altered or corrupted; republish it as a new release",
             )
 
     # ---- stage ---------------------------------------------------------------------------
@@ -217,11 +241,11 @@ class ArtifactCache:
                 shutil.rmtree(path, ignore_errors=True)
 
 
-def _oversize(what: str, ref: ArtifactRef, seen: int) -> ArtifactError:
+def _oversize(kind: str, what: str, ref: Blob, seen: int) -> ArtifactError:
     return ArtifactError(
-        f"artifact for {what} is larger than its declared {ref.size} bytes (at least {seen}); "
+        f"{kind} for {what} is larger than its declared {ref.size} bytes (at least {seen}); "
         "digest mismatch assumed, download abandoned",
-        hint="the artifact source serves a different file; republish the release",
+        hint=f"the {kind} source serves a different file; republish the release",
     )
 
 
@@ -230,47 +254,69 @@ def _same_origin(url: str, server: str) -> bool:
     return (a.scheme, a.netloc) == (b.scheme, b.netloc)
 
 
-def safe_extract(tarball: Path, dest: Path, what: str = "release") -> None:
+def safe_extract(
+    tarball: Path, dest: Path, what: str = "release", *, kind: str = "artifact",
+    strict: bool = False, max_unpacked: int = MAX_UNPACKED,
+) -> None:
     """Extract into ``dest``, refusing anything that could land outside it.
 
     Absolute names, ``..`` components, links pointing outside, devices and
     FIFOs are refused with an `ArtifactError` naming the entry; then the
-    standard library's ``data`` filter extracts (and checks again).
+    standard library's ``data`` filter extracts (and checks again). ``strict``
+    (config bundles) also refuses every link and control characters in names.
     """
     try:
         with tarfile.open(tarball, "r:*") as tar:
             members = tar.getmembers()
             total = 0
             for member in members:
-                _check_member(member, what)
+                _check_member(member, what, kind, strict)
                 total += max(member.size, 0)
-                if total > MAX_UNPACKED:
+                if total > max_unpacked:
                     raise ArtifactError(
-                        f"artifact for {what} unpacks to more than {MAX_UNPACKED >> 30} GiB",
-                        hint="publish a smaller artifact",
+                        f"{kind} for {what} unpacks to more than {_bytes(max_unpacked)}",
+                        hint=f"publish a smaller {kind}",
                     )
             tar.extractall(dest, members=members, filter="data")
     except ArtifactError:
         raise
     except (tarfile.TarError, EOFError, zlib.error, OSError, ValueError) as error:
         raise ArtifactError(
-            f"artifact for {what} is not a valid or safe tarball: {error}",
+            f"{kind} for {what} is not a valid or safe tarball: {error}",
             hint="build it with 'headway' tooling or plain 'tar czf', relative paths only",
         ) from None
 
 
-def _check_member(member: tarfile.TarInfo, what: str) -> None:
+def _bytes(n: int) -> str:
+    if n >= 1 << 30 and n % (1 << 30) == 0:
+        return f"{n >> 30} GiB"
+    if n >= 1 << 20 and n % (1 << 20) == 0:
+        return f"{n >> 20} MiB"
+    return f"{n} bytes"
+
+
+def _check_member(member: tarfile.TarInfo, what: str, kind: str, strict: bool) -> None:
     name = member.name
     parts = [p for p in name.replace("\\", "/").split("/") if p not in ("", ".")]
     if name.startswith("/") or ".." in parts or not parts:
         raise ArtifactError(
-            f"artifact for {what} holds an unsafe path {name!r} (absolute or with '..')",
-            hint="tarballs must hold relative paths inside the release",
+            f"{kind} for {what} holds an unsafe path {name!r} (absolute or with '..')",
+            hint=f"a {kind} must hold relative paths inside it",
+        )
+    if strict and any(ord(c) < 32 or ord(c) == 127 for c in name):
+        raise ArtifactError(
+            f"{kind} for {what} holds a name with control characters {name!r}",
+            hint="rename the file",
         )
     if member.isdev() or member.isfifo():
         raise ArtifactError(
-            f"artifact for {what} holds a device or FIFO {name!r}",
-            hint="tarballs may hold only files, directories and links inside the release",
+            f"{kind} for {what} holds a device or FIFO {name!r}",
+            hint=f"a {kind} may hold only files, directories and links inside it",
+        )
+    if strict and (member.issym() or member.islnk()):
+        raise ArtifactError(
+            f"{kind} for {what} holds a link {name!r} -> {member.linkname!r}; links are refused",
+            hint=f"a {kind} may hold only plain files and directories",
         )
     if member.issym() or member.islnk():
         link = member.linkname
@@ -278,9 +324,9 @@ def _check_member(member: tarfile.TarInfo, what: str) -> None:
         resolved = posixpath.normpath(posixpath.join(base, link))
         if link.startswith("/") or resolved == ".." or resolved.startswith("../"):
             raise ArtifactError(
-                f"artifact for {what} holds a link {name!r} -> {link!r} that points outside it",
-                hint="links in a release must stay inside the release",
+                f"{kind} for {what} holds a link {name!r} -> {link!r} that points outside it",
+                hint=f"links in a {kind} must stay inside it",
             )
 
 
-__all__ = ["ArtifactCache", "download_deadline", "release_dir_name", "safe_extract"]
+__all__ = ["ArtifactCache", "Blob", "download_deadline", "release_dir_name", "safe_extract"]

@@ -3,10 +3,21 @@
 Level-triggered, like a Kubernetes controller. Each pass compares the newest
 `Desired` with what runs and does what is missing:
 
-    same release running      adopt the new generation; no restart
+    same release running      adopt the new generation; no restart (its config is put
+                              back first if it was edited on the host: drift restore)
     only ``serve`` differs    GET /ready follows it (`headway.agent.readiness`); no pass
-    another release (or none) switch: fetch -> stage -> stop old -> flip -> start new
-    nothing to switch         supervise: probe health, restart the app if it died
+    only the config differs   with ``config.apply: reload``: stage and validate the config,
+                              put it in place, send the reload signal (or run
+                              ``reload_command``); the same process keeps serving
+    another release (or none) switch: fetch -> stage -> config -> stop old -> flip -> start new
+    nothing to switch         supervise: probe health, restart the app if it died, hash
+                              the config on disk (drift)
+
+The config step stages, fills and validates the release's config bundle
+(`headway.agent.config`) before anything running is touched: a refused
+config fails the generation and leaves the app and its files as they were.
+The revision is put in place (and the ``config/current`` link flipped) only
+after the old app stopped, or right before the reload.
 
 A switch writes the journal before each step. Until the old app is stopped
 a newer `Desired` simply wins (the switch is dropped); from then on the
@@ -25,6 +36,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import signal
 from collections.abc import Coroutine
 from enum import Enum
 from pathlib import Path
@@ -32,12 +44,14 @@ from typing import Any, TypeVar
 
 from headway.agent.appstate import AppRecord, app_id_for, find_app_processes, load_app, save_app
 from headway.agent.artifacts import ArtifactCache
+from headway.agent.config import ConfigStore, Staged, fill_values, label_of, short
 from headway.agent.executors import (
     CommandsExecutor,
     Executor,
     Launch,
     ProcessExecutor,
     StartFailed,
+    run_command,
 )
 from headway.agent.files import atomic_symlink
 from headway.agent.health import probe
@@ -46,6 +60,7 @@ from headway.agent.readiness import Readiness
 from headway.agent.settings import AgentSettings
 from headway.agent.target import Target, app_env
 from headway.clock import Clock
+from headway.domain.config_spec import ApplyMode, ConfigSpec
 from headway.domain.models import Health
 from headway.domain.spec import ExecutorKind
 from headway.errors import ArtifactError, ServerUnreachable
@@ -59,6 +74,7 @@ STARTING_TICK = 0.2      # probe this often until the first pass
 IDLE_TICK = 1.0          # look again this often when nothing needs probing
 BACKOFF_MIN = 0.5
 BACKOFF_MAX = 10.0
+RELOAD_TIMEOUT = 60.0    # seconds config.reload_command may run
 
 
 class Outcome(Enum):
@@ -99,6 +115,7 @@ class Controller:
         self.state_dir = settings.state_dir
         self.app_id = app_id_for(settings.state_dir)
         self.cache = ArtifactCache(settings.state_dir, settings.server, settings.token, clock)
+        self.configs = ConfigStore(settings.state_dir, settings.server, settings.token, clock)
         self.process = ProcessExecutor(self.app_id, clock)
         self.executors: dict[ExecutorKind, Executor] = executors or {
             ExecutorKind.PROCESS: self.process,
@@ -125,6 +142,8 @@ class Controller:
         self._restart_at: float | None = None
         self._backoff = BACKOFF_MIN
         self.readiness = Readiness(settings.state_dir, clock)   # what GET /ready answers
+        self._config_applied = ""          # hash of the config files as written
+        self._config_on_disk = ""          # hash of what is on disk now (drift when different)
 
     # ---- inputs and outputs ---------------------------------------------------------------
 
@@ -156,6 +175,8 @@ class Controller:
             generation=self._generation,
             health=self._health,
             detail=f"{self._detail}; {note}" if self._detail and note else self._detail or note,
+            config_applied=self._config_applied,
+            config_on_disk=self._config_on_disk,
         )
         if observed != self.observed:
             self.observed = observed
@@ -189,6 +210,23 @@ class Controller:
 
     def close(self) -> None:
         self.process.detach()
+
+    def _refresh_config(self) -> None:
+        """Hash the config on disk again (cheap: a stat walk, a hash only if a stat moved)."""
+        app = self.app
+        if app is None or (app.target is not None and app.target.release.config is None):
+            applied = on_disk = ""
+        else:
+            applied = self.configs.active()[1]
+            on_disk = self.configs.on_disk()
+        if (applied, on_disk) == (self._config_applied, self._config_on_disk):
+            return
+        if applied and on_disk != applied and on_disk != self._config_on_disk:
+            log.warning("config drift: the files in %s differ from what was applied "
+                        "(%s on disk, %s applied)", self.configs.current, on_disk or "missing",
+                        applied)
+        self._config_applied, self._config_on_disk = applied, on_disk
+        self._publish()
 
     # ---- the loop -------------------------------------------------------------------------
 
@@ -228,17 +266,30 @@ class Controller:
             )
             return Outcome.DONE
         app = self.app
-        if app is not None and app.dir_name == target.dir_name and self._running(app):
-            await self._adopt(app, target)
-            return Outcome.DONE
+        if app is not None and self._running(app):
+            if _same_release(app, target):
+                return await self._adopt(app, target, seq)
+            if _config_only(app, target) and _reloadable(app, target):
+                return await self._reload_switch(app, target, seq)
         return await self._switch(target, seq)
 
     def _running(self, app: AppRecord) -> bool:
         return self._restart_at is None and self.executors[app.executor].poll(app.pid) is None
 
-    async def _adopt(self, app: AppRecord, target: Target) -> None:
+    async def _adopt(self, app: AppRecord, target: Target, seq: int) -> Outcome:
         """The release runs already: take the new generation (and spec) without a restart."""
         log.info("v%d already runs; adopting generation %d", target.number, target.generation)
+        bundle = target.release.config
+        if bundle is not None and self.configs.active()[0] == short(bundle):
+            self._refresh_config()
+            if self._config_on_disk != self._config_applied:
+                # Edited by hand on the host: put the released revision back and apply it
+                # (`headway config restore` is a new generation of the same release).
+                log.info("restoring config %s of v%d (the files on disk were changed)",
+                         label_of(bundle), target.number)
+                if _reloadable(app, target):
+                    return await self._reload_switch(app, target, seq)
+                return await self._switch(target, seq)
         self.app = app.with_(target=target, executor=target.service.run.executor)
         save_app(self.state_dir, self.app)
         self._sticky = False
@@ -248,13 +299,165 @@ class Controller:
             with contextlib.suppress(ArtifactError, ServerUnreachable):
                 tarball = await self.cache.fetch(target.release.artifact, f"v{target.number}")
                 await asyncio.to_thread(self.cache.stage, target, tarball)
-        if self.cache.release_dir(target).is_dir():
+        if self.cache.release_dir(target).is_dir() and app.dir_name == target.dir_name:
             atomic_symlink(self.state_dir / "current", self.cache.release_dir(target))
+        if bundle is not None and not self.configs.is_active(bundle):
+            # The files are gone (state directory deleted): put them back for the next read;
+            # the app has this revision loaded already.
+            await self._install_config(target, Path(app.release_dir), None)
         if self._health is Health.HEALTHY:
             self._converged(target.generation)
         else:
             self._pending = target.generation
             self._publish()
+        return Outcome.DONE
+
+    # ---- config --------------------------------------------------------------------------
+
+    def _values(self, target: Target) -> dict[str, str]:
+        return fill_values(self.settings.name, self.settings.address, target.service.port,
+                           dict(self.settings.labels))
+
+    def _env(self, target: Target, release_dir: Path) -> dict[str, str]:
+        return app_env(
+            target, host=self.settings.name, address=self.settings.address,
+            release_dir=release_dir, app_id=self.app_id,
+            config_dir=self.configs.current if target.release.config is not None else None,
+        )
+
+    def _tool_env(self, target: Target, release_dir: Path) -> dict[str, str]:
+        """The app's environment for a validator or reload command, without the app id (so
+        one left running by a killed agent is never taken for a copy of the app)."""
+        env = self._env(target, release_dir)
+        env.pop("HEADWAY_APP_ID", None)
+        return env
+
+    async def _prepare_config(self, target: Target, release_dir: Path) -> Staged | None:
+        """The release's config fetched (or from the cache), staged, filled and validated."""
+        bundle = target.release.config
+        if bundle is None:
+            return None
+        spec = target.service.config or ConfigSpec()
+        what = f"{label_of(bundle)} of v{target.number}"
+        tarball = await self.configs.fetch(bundle, spec, what)
+        staged = await asyncio.to_thread(self.configs.stage, tarball, bundle,
+                                         self._values(target), spec.max_bytes, what)
+        try:
+            await self.configs.validate(staged, spec, self._tool_env(target, release_dir),
+                                        release_dir, what)
+        except BaseException:
+            staged.discard()
+            raise
+        return staged
+
+    async def _stage_config(
+        self, target: Target, seq: int, previous: AppRecord | None, release_dir: Path
+    ) -> Staged | Outcome | None:
+        """The config step of a switch: a `Staged` revision, None (the release has no
+        config), or the `Outcome` of the desired state when it cannot go on."""
+        bundle = target.release.config
+        if bundle is None:
+            return None
+        self._journal(Step.CONFIG, target, previous)
+        self._set(self._health, f"installing v{target.number}: staging and validating "
+                                f"its config {label_of(bundle)}")
+        try:
+            staged = await self._unless_superseded(self._prepare_config(target, release_dir), seq)
+        except ServerUnreachable as error:
+            clear_journal(self.state_dir)
+            log.warning("%s; retrying", error.message)
+            self._set(self._health, f"installing v{target.number}: {error.message}; retrying")
+            return Outcome.RETRY
+        except ArtifactError as error:
+            clear_journal(self.state_dir)
+            self._fail(target.generation, f"{error.message}; not activated, the running app "
+                                          "and its config are untouched")
+            return Outcome.DONE
+        if staged is None:
+            clear_journal(self.state_dir)
+            return Outcome.SUPERSEDED
+        return staged
+
+    async def _install_config(self, target: Target, release_dir: Path,
+                              staged: Staged | None) -> None:
+        """Put the release's config in place and make it current (from ``staged``, or
+        prepared again from the cached bundle when it is not current and intact)."""
+        bundle = target.release.config
+        if bundle is None:
+            return
+        try:
+            if staged is None:
+                if self.configs.is_active(bundle):
+                    return
+                staged = await self._prepare_config(target, release_dir)
+                assert staged is not None
+            applied = await asyncio.to_thread(self.configs.install, staged)
+            log.info("config %s of v%d in place (%d files, %s)", label_of(bundle),
+                     target.number, staged.files, applied)
+            await asyncio.to_thread(self.configs.prune, {short(bundle)})
+        except (ArtifactError, ServerUnreachable) as error:
+            log.error("cannot put config %s of v%d in place: %s; the app gets the config "
+                      "on disk", label_of(bundle), target.number, error.message)
+        except OSError as error:
+            log.error("cannot write config %s of v%d: %s", label_of(bundle), target.number,
+                      error)
+        finally:
+            if staged is not None:
+                staged.discard()
+            self._refresh_config()
+
+    async def _reload_switch(self, app: AppRecord, target: Target, seq: int) -> Outcome:
+        """A config-only change (or a restore) applied by reloading the running app."""
+        bundle = target.release.config
+        assert bundle is not None
+        self._sticky = False
+        release_dir = Path(app.release_dir)
+        log.info("config %s for v%d (generation %d): reloading v%d in place",
+                 label_of(bundle), target.number, target.generation, app.release)
+        staged = await self._stage_config(target, seq, app, release_dir)
+        if isinstance(staged, Outcome):
+            return staged
+        assert staged is not None
+        if self._desired_seq != seq:
+            staged.discard()
+            clear_journal(self.state_dir)
+            return Outcome.SUPERSEDED
+        self._journal(Step.RELOAD, target, app)
+        await self._install_config(target, release_dir, staged)
+        self.app = app.with_(target=target, release=target.number,
+                             executor=target.service.run.executor)
+        save_app(self.state_dir, self.app)
+        problem = await self._reload(self.app)
+        clear_journal(self.state_dir)
+        if problem:
+            self._fail(target.generation, f"config {label_of(bundle)} is in place but "
+                                          f"reloading the app failed: {problem}")
+            return Outcome.DONE
+        self._pending = target.generation
+        self._set(self._health, f"reloaded config {label_of(bundle)}; checking health")
+        return Outcome.DONE
+
+    async def _reload(self, app: AppRecord) -> str:
+        """Tell the running app to read its config again; "" or what went wrong."""
+        target = app.target
+        assert target is not None
+        spec = target.service.config or ConfigSpec()
+        if spec.reload_command:
+            code, detail = await run_command(
+                list(spec.reload_command), cwd=Path(app.release_dir),
+                env=self._tool_env(target, Path(app.release_dir)), timeout=RELOAD_TIMEOUT,
+                log_path=self.state_dir / "logs" / "app.log",
+            )
+            return "" if code == 0 else f"reload command {spec.reload_command[0]!r} {detail}"
+        if app.pid is None:
+            return "no process to signal"
+        sig = signal.Signals[f"SIG{spec.reload_signal}"]
+        if self.process.send(app.pid, sig):
+            log.info("sent SIG%s to v%d (pid %d)", spec.reload_signal, app.release, app.pid)
+        else:
+            log.warning("v%d (pid %d) is gone; it starts again with the new config",
+                        app.release, app.pid)
+        return ""
 
     async def _unless_superseded(self, work: Coroutine[Any, Any, T], seq: int) -> T | None:
         """The result of ``work``, or None (and ``work`` cancelled) once a newer desired arrives."""
@@ -337,24 +540,36 @@ class Controller:
         if self._desired_seq != seq:
             clear_journal(self.state_dir)
             return Outcome.SUPERSEDED
-        if previous is not None and not await self._leave_balancer(previous, target, seq):
-            clear_journal(self.state_dir)
-            return Outcome.SUPERSEDED
-        self._journal(Step.STOP, target, previous)
-        if previous is not None:
-            self._set(Health.STARTING, f"stopping v{previous.release} to start {what}")
-            await self._stop(previous)
-        self.app = None
-        save_app(self.state_dir, None)
-        if self._desired_seq != seq:
-            return Outcome.SUPERSEDED       # the journal stays: a crash now still finishes it
-        await self._flip_and_start(target, release_dir)
+        staged = await self._stage_config(target, seq, previous, release_dir)
+        if isinstance(staged, Outcome):
+            return staged
+        try:
+            if self._desired_seq != seq:
+                clear_journal(self.state_dir)
+                return Outcome.SUPERSEDED
+            if previous is not None and not await self._leave_balancer(previous, target, seq):
+                clear_journal(self.state_dir)
+                return Outcome.SUPERSEDED
+            self._journal(Step.STOP, target, previous)
+            if previous is not None:
+                self._set(Health.STARTING, f"stopping v{previous.release} to start {what}")
+                await self._stop(previous)
+            self.app = None
+            save_app(self.state_dir, None)
+            if self._desired_seq != seq:
+                return Outcome.SUPERSEDED   # the journal stays: a crash now still finishes it
+            await self._flip_and_start(target, release_dir, staged)
+        finally:
+            if staged is not None:
+                staged.discard()
         keep = {target.dir_name} | ({previous.dir_name} if previous else set())
         await asyncio.to_thread(self.cache.prune, keep)
         return Outcome.DONE
 
-    async def _flip_and_start(self, target: Target, release_dir: Path) -> None:
+    async def _flip_and_start(self, target: Target, release_dir: Path,
+                              staged: Staged | None = None) -> None:
         self._journal(Step.FLIP, target, None)
+        await self._install_config(target, release_dir, staged)
         atomic_symlink(self.state_dir / "current", release_dir)
         self.cache.touch(release_dir)
         self._journal(Step.START, target, None)
@@ -369,8 +584,7 @@ class Controller:
         return Launch(
             argv=list(run.start),
             cwd=release_dir,
-            env=app_env(target, host=self.settings.name, address=self.settings.address,
-                        release_dir=release_dir, app_id=self.app_id),
+            env=self._env(target, release_dir),
             log_path=self.state_dir / "logs" / "app.log",
             stop_argv=list(run.stop) if run.stop else None,
             stop_timeout=run.stop_timeout,
@@ -436,6 +650,7 @@ class Controller:
     async def supervise(self) -> float:
         """Probe or restart the app; seconds until it wants to look again."""
         app = self.app
+        self._refresh_config()
         if app is None:
             return IDLE_TICK
         now = self.clock.monotonic()
@@ -455,8 +670,7 @@ class Controller:
             return IDLE_TICK
         spec = app.target.service
         release_dir = Path(app.release_dir)
-        env = app_env(app.target, host=self.settings.name, address=self.settings.address,
-                      release_dir=release_dir, app_id=self.app_id)
+        env = self._env(app.target, release_dir)
         result = await probe(spec.health, self.settings.address, spec.port,
                              release_dir if release_dir.is_dir() else None, env)
         if result.ok:
@@ -501,6 +715,7 @@ class Controller:
     async def recover(self) -> None:
         """Find the app again, finish or drop a half-done switch, never start a second copy."""
         self.cache.clean_partials()
+        self.configs.clean_partials()
         record = load_app(self.state_dir)
         found = find_app_processes(self.app_id)
         chosen = next((p for p in found if record and p.pid == record.pid), None)
@@ -529,6 +744,7 @@ class Controller:
             log.info("v%d is recorded but not running; starting it", app.release)
             self._restart_at = self.clock.monotonic()
             self._set(Health.STARTING, f"v{app.release} was not running; starting it")
+        self._refresh_config()
         self._publish()
         self.adopted.set()
         journal = read_journal(self.state_dir)
@@ -542,6 +758,9 @@ class Controller:
         if not journal.step.committed:
             log.info("dropping a switch to v%d that had not touched the app", target.number)
             clear_journal(self.state_dir)
+            return
+        if journal.step is Step.RELOAD:
+            await self._recover_reload(target, app)
             return
         if app is not None and app.pid is not None and app.dir_name == target.dir_name:
             log.info("the switch to v%d had started it; finishing the switch", target.number)
@@ -563,3 +782,55 @@ class Controller:
             self.app = None
             save_app(self.state_dir, None)
         await self._flip_and_start(target, release_dir)
+
+    async def _recover_reload(self, target: Target, app: AppRecord | None) -> None:
+        """Finish a config reload: the revision in place (again), the app told (again)."""
+        log.info("finishing the interrupted config reload for v%d", target.number)
+        release_dir = Path(app.release_dir) if app is not None else self.cache.release_dir(target)
+        await self._install_config(target, release_dir, None)
+        if app is not None:
+            self.app = app.with_(target=target, release=target.number,
+                                 executor=target.service.run.executor)
+            save_app(self.state_dir, self.app)
+            if self._restart_at is None:
+                problem = await self._reload(self.app)
+                if problem:
+                    log.warning("reloading after the interrupted config reload: %s", problem)
+            self._pending = target.generation
+            self._ever_healthy = False
+        clear_journal(self.state_dir)
+        self._refresh_config()
+
+
+def _config_digest(target: Target) -> str:
+    return target.release.config.digest if target.release.config is not None else ""
+
+
+def _same_release(app: AppRecord, target: Target) -> bool:
+    """The app runs ``target``'s release already (artifact and config)."""
+    if app.target is None:
+        return app.dir_name == target.dir_name
+    running = app.target
+    return (running.number == target.number
+            and running.release.artifact.digest == target.release.artifact.digest
+            and _config_digest(running) == _config_digest(target))
+
+
+def _config_only(app: AppRecord, target: Target) -> bool:
+    """Only the config differs from what runs: same artifact, parameters and run section."""
+    running = app.target
+    if running is None or running.release.config is None or target.release.config is None:
+        return False
+    return (running.release.artifact.digest == target.release.artifact.digest
+            and running.release.params == target.release.params
+            and running.service.run == target.service.run
+            and running.service.port == target.service.port
+            and running.release.config.digest != target.release.config.digest)
+
+
+def _reloadable(app: AppRecord, target: Target) -> bool:
+    """``config.apply: reload`` and a way to reload (the signal needs the process executor)."""
+    spec = target.service.config or ConfigSpec()
+    if spec.apply is not ApplyMode.RELOAD:
+        return False
+    return bool(spec.reload_command) or app.executor is ExecutorKind.PROCESS

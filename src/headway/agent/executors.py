@@ -147,6 +147,13 @@ class ProcessExecutor:
             else:
                 os.kill(pid, sig)
 
+    def send(self, pid: int, sig: signal.Signals) -> bool:
+        """Send ``sig`` to the app's process group (a config reload); False if it is gone."""
+        if self.poll(pid) is not None:
+            return False
+        self._signal(pid, sig)
+        return True
+
     async def _wait(self, pid: int, seconds: float) -> bool:
         deadline = self.clock.monotonic() + seconds
         while self.poll(pid) is None:

@@ -3,6 +3,12 @@
 After a crash, the step says how far the switch got. Before ``stop`` the old
 app was never touched, so the switch is simply dropped. From ``stop`` on the
 agent had committed to the new release, so it finishes the switch.
+
+Config steps: ``config`` (fetching, staging and validating the release's config
+bundle; nothing active was touched, so it is dropped) and ``reload`` (a
+config-only change applied to the running app: the files are being put in
+place and the app told to reload; finished after a crash by putting the
+revision in place again and reloading again).
 """
 
 from __future__ import annotations
@@ -20,14 +26,16 @@ JOURNAL_FILE = "journal.json"
 class Step(StrEnum):
     FETCH = "fetch"
     STAGE = "stage"
+    CONFIG = "config"
     STOP = "stop"
     FLIP = "flip"
     START = "start"
+    RELOAD = "reload"
 
     @property
     def committed(self) -> bool:
-        """From here on the old app may be down: finish the switch rather than drop it."""
-        return self in (Step.STOP, Step.FLIP, Step.START)
+        """From here on the host may have changed: finish the switch rather than drop it."""
+        return self in (Step.STOP, Step.FLIP, Step.START, Step.RELOAD)
 
 
 @dataclass(frozen=True)

@@ -69,9 +69,11 @@ class Target:
 
 
 def app_env(
-    target: Target, *, host: str, address: str, release_dir: Path, app_id: str
+    target: Target, *, host: str, address: str, release_dir: Path, app_id: str,
+    config_dir: Path | None = None,
 ) -> dict[str, str]:
-    """The app's environment: ours, then ``run.env``, then the ``HEADWAY_*`` variables."""
+    """The app's environment: ours, then ``run.env``, then the ``HEADWAY_*`` variables
+    (``HEADWAY_CONFIG_DIR`` when the release carries config)."""
     env = dict(os.environ)
     env.update(target.service.run.env)
     env.update(
@@ -84,6 +86,8 @@ def app_env(
             "HEADWAY_APP_ID": app_id,
         }
     )
+    if config_dir is not None:
+        env["HEADWAY_CONFIG_DIR"] = str(config_dir)
     for key, value in target.release.params.items():
         env[param_env_name(key)] = value
     return env

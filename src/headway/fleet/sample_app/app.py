@@ -7,13 +7,20 @@ the environment it is started with:
     HEADWAY_ADDRESS, HEADWAY_PORT   where to listen (127.0.0.1:8080)
     HEADWAY_HOST                    the host name shown in ``GET /``
     HEADWAY_RELEASE                 version, unless a VERSION file sits beside this file
-    HEADWAY_CONFIG_FILE             ``key=value`` lines; ``greeting`` is shown in ``GET /``
+    HEADWAY_CONFIG_FILE             ``key=value`` lines; ``greeting`` is shown in ``GET /``,
+                                    ``fail_health = 1`` makes ``/healthz`` answer 503
                                     (re-read on SIGHUP)
+    HEADWAY_CONFIG_DIR              used when HEADWAY_CONFIG_FILE is not set: the config is
+                                    ``app.conf`` in that directory (re-read on SIGHUP, so a
+                                    flipped ``current`` link is followed)
     HEADWAY_SEED                    seed of the fault injector (default: the pid)
     HEADWAY_PARAM_ERROR_RATE        0..1 share of ``/`` and ``/slow`` answering 500
     HEADWAY_PARAM_LATENCY_MS        milliseconds added to every request
     HEADWAY_PARAM_CRASH_AT_START    1: exit with code 1 before listening
     HEADWAY_PARAM_FAIL_HEALTH       1: ``/healthz`` answers 503, the rest works
+
+``python app.py --check-config DIR`` checks ``DIR/app.conf`` (or a file) and exits 0, or 1
+with one line per problem: usable as the service's ``config.validate`` command.
 
 Routes: ``/`` (text), ``/slow?ms=N``, ``/healthz``, ``/metrics`` (Prometheus
 text format). Every answer carries ``X-App-Version``. On SIGTERM or SIGINT it
@@ -37,10 +44,15 @@ from urllib.parse import parse_qs, urlsplit
 
 BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0)
 MAX_SLOW_MS = 60_000
+CONFIG_NAME = "app.conf"
+
+
+def _truthy(raw: str) -> bool:
+    return raw.strip().lower() in ("1", "true", "yes", "on")
 
 
 def _flag(name: str) -> bool:
-    return os.environ.get(name, "").strip().lower() in ("1", "true", "yes", "on")
+    return _truthy(os.environ.get(name, ""))
 
 
 def _number(name: str, default: float) -> float:
@@ -63,22 +75,56 @@ def read_version() -> str:
     return text or os.environ.get("HEADWAY_RELEASE", "unknown")
 
 
-def read_config(path: str) -> dict[str, str]:
+def config_path() -> str:
+    """Where the config is: HEADWAY_CONFIG_FILE, else ``app.conf`` in HEADWAY_CONFIG_DIR."""
+    explicit = os.environ.get("HEADWAY_CONFIG_FILE", "")
+    if explicit:
+        return explicit
+    directory = os.environ.get("HEADWAY_CONFIG_DIR", "")
+    return os.path.join(directory, CONFIG_NAME) if directory else ""
+
+
+def parse_config(text: str) -> tuple[dict[str, str], list[str]]:
+    """The ``key=value`` pairs of ``text`` and one message per line that is not one."""
     values: dict[str, str] = {}
-    if not path:
-        return values
-    try:
-        lines = Path(path).read_text(encoding="utf-8").splitlines()
-    except OSError as error:
-        print(f"app: cannot read config {path}: {error}", file=sys.stderr, flush=True)
-        return values
-    for line in lines:
+    problems: list[str] = []
+    for number, line in enumerate(text.splitlines(), 1):
         line = line.strip()
-        if not line or line.startswith("#") or "=" not in line:
+        if not line or line.startswith("#"):
             continue
-        key, _, value = line.partition("=")
+        key, sep, value = line.partition("=")
+        if not sep or not key.strip():
+            problems.append(f"line {number}: expected 'key = value', got {line[:60]!r}")
+            continue
         values[key.strip()] = value.strip()
-    return values
+    return values, problems
+
+
+def read_config(path: str) -> dict[str, str]:
+    if not path:
+        return {}
+    try:
+        text = Path(path).read_text(encoding="utf-8")
+    except (OSError, UnicodeDecodeError) as error:
+        print(f"app: cannot read config {path}: {error}", file=sys.stderr, flush=True)
+        return {}
+    return parse_config(text)[0]
+
+
+def check_config(target: str) -> int:
+    """``--check-config``: 0 when the config parses, else 1 and the problems on stderr."""
+    path = Path(target)
+    if path.is_dir():
+        path = path / CONFIG_NAME
+    try:
+        text = path.read_text(encoding="utf-8")
+    except (OSError, UnicodeDecodeError) as error:
+        print(f"{path}: cannot read: {error}", file=sys.stderr, flush=True)
+        return 1
+    problems = parse_config(text)[1]
+    for problem in problems:
+        print(f"{path}: {problem}", file=sys.stderr, flush=True)
+    return 1 if problems else 0
 
 
 class Metrics:
@@ -141,7 +187,7 @@ class App:
     def __init__(self) -> None:
         self.version = read_version()
         self.host = os.environ.get("HEADWAY_HOST", "")
-        self.config_path = os.environ.get("HEADWAY_CONFIG_FILE", "")
+        self.config_path = config_path()
         self.config = read_config(self.config_path)
         self.error_rate = min(1.0, max(0.0, _number("HEADWAY_PARAM_ERROR_RATE", 0.0)))
         self.latency = max(0.0, _number("HEADWAY_PARAM_LATENCY_MS", 0.0)) / 1000
@@ -153,6 +199,11 @@ class App:
 
     def reload(self) -> None:
         self.config = read_config(self.config_path)
+        print(f"app: config reloaded from {self.config_path or '(none)'}", file=sys.stderr,
+              flush=True)
+
+    def unhealthy(self) -> bool:
+        return self.fail_health or _truthy(self.config.get("fail_health", ""))
 
     def inject_error(self) -> bool:
         if self.error_rate <= 0:
@@ -183,7 +234,7 @@ class Handler(BaseHTTPRequestHandler):
         url = urlsplit(self.path)
         text = "text/plain; charset=utf-8"
         if url.path == "/healthz":
-            if app.fail_health:
+            if app.unhealthy():
                 return 503, "unhealthy (fail_health is set)\n", text
             return 200, "ok\n", text
         if url.path == "/metrics":
@@ -232,6 +283,8 @@ class Server(ThreadingHTTPServer):
 
 
 def main() -> int:
+    if len(sys.argv) == 3 and sys.argv[1] == "--check-config":
+        return check_config(sys.argv[2])
     if _flag("HEADWAY_PARAM_CRASH_AT_START"):
         print("app: crash_at_start is set; exiting with code 1", file=sys.stderr, flush=True)
         return 1
@@ -244,12 +297,16 @@ def main() -> int:
         print(f"app: cannot listen on {address}:{port}: {error}", file=sys.stderr, flush=True)
         return 1
     stop = threading.Event()
+    hangup = threading.Event()
+    wake = threading.Event()
 
     def on_stop(signum: int, frame: FrameType | None) -> None:
         stop.set()
+        wake.set()
 
     def on_hangup(signum: int, frame: FrameType | None) -> None:
-        app.reload()
+        hangup.set()          # reloaded by the loop below, not inside the handler
+        wake.set()
 
     signal.signal(signal.SIGTERM, on_stop)
     signal.signal(signal.SIGINT, on_stop)
@@ -257,8 +314,12 @@ def main() -> int:
     serving = threading.Thread(target=server.serve_forever, kwargs={"poll_interval": 0.05})
     serving.start()
     print(f"app: version {app.version} listening on {address}:{port}", file=sys.stderr, flush=True)
-    while not stop.wait(0.2):
-        pass
+    while not stop.is_set():
+        wake.wait(0.2)
+        wake.clear()
+        if hangup.is_set() and not stop.is_set():
+            hangup.clear()
+            app.reload()
     server.shutdown()       # no more accepts
     server.server_close()   # close the socket, then wait for every request in flight
     serving.join()
