@@ -9,10 +9,10 @@ cd "$(dirname "${BASH_SOURCE[0]}")/.."
 
 # --- Debian packages the project needs ------------------------------------------------------
 # One name per entry. Installed with apt-get only when running as root and missing.
-# To come: chromium (browser tests).
 DEBIAN_PACKAGES=(
   python3-venv
   haproxy # the local fleet's load balancer; traffic adapter tests (headway.traffic)
+  chromium # web UI browser tests (tests/ui, marker browser) driven by Playwright; bench/ui_speed.py
   prometheus # Prometheus gate tests (tests/metrics): scrapes the sample apps' /metrics
 )
 

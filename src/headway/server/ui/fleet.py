@@ -131,6 +131,7 @@ class Snapshot:
     groups: list[dict[str, Any]]
     columns: Columns
     group_keys: list[tuple[str, str]]
+    index: dict[str, int] = field(default_factory=dict)  # host name -> position
 
     def as_json(self) -> dict[str, Any]:
         return {
@@ -154,7 +155,7 @@ def build_snapshot(
     """A snapshot from the store's rows (ordered by service and name), the services with
     their current release, and the active rollouts. Pure."""
     labels = label_cache if label_cache is not None else {}
-    keyed = []
+    keyed: list[tuple[str, str, str, HostRow]] = []
     for row in rows:
         label = labels.get(row.labels)
         if label is None:
@@ -168,14 +169,11 @@ def build_snapshot(
     cols = Columns()
     groups: list[dict[str, Any]] = []
     group_keys: list[tuple[str, str]] = []
-    counts = {name: [0, 0] for name in service_names}
     for i, (service, label, name, row) in enumerate(keyed):
         if not group_keys or group_keys[-1] != (service, label):
             group_keys.append((service, label))
             groups.append({"service": service_index[service], "label": label, "start": i, "count": 0})
         groups[-1]["count"] += 1
-        brief = briefs.get(service)
-        phase = brief.phases.get(name, "") if brief else ""
         cols.names.append(name)
         cols.addresses.append(row.address)
         cols.groups.append(len(groups) - 1)
@@ -183,14 +181,46 @@ def build_snapshot(
         cols.desired.append(row.desired_release or 0)
         cols.health.append(_HEALTH_INDEX.get(row.health, 0))
         cols.connected.append(1 if row.connected else 0)
-        cols.phases.append(_PHASE_INDEX.get(phase, 0))
-        counts[service][0] += 1
-        if row.connected and row.health == Health.HEALTHY.value:
-            counts[service][1] += 1
-    service_list = []
-    for name in service_names:
+    cols.phases = _phases(cols.names, groups, service_names, briefs)
+    service_list = _services(service_names, current, briefs, groups, cols)
+    index = {name: i for i, name in enumerate(cols.names)}
+    return Snapshot(version, service_list, groups, cols, group_keys, index)
+
+
+def _phases(
+    names: list[str], groups: list[dict[str, Any]], service_names: list[str], briefs: dict[str, RolloutBrief]
+) -> list[int]:
+    phases = [0] * len(names)
+    for group in groups:
+        brief = briefs.get(service_names[group["service"]])
+        if brief is None:
+            continue
+        for i in range(group["start"], group["start"] + group["count"]):
+            phases[i] = _PHASE_INDEX.get(brief.phases.get(names[i], ""), 0)
+    return phases
+
+
+_HEALTHY = _HEALTH_INDEX[Health.HEALTHY.value]
+
+
+def _services(
+    service_names: list[str],
+    current: dict[str, int | None],
+    briefs: dict[str, RolloutBrief],
+    groups: list[dict[str, Any]],
+    cols: Columns,
+) -> list[dict[str, Any]]:
+    counts = [[0, 0] for _ in service_names]
+    for group in groups:
+        start, end = group["start"], group["start"] + group["count"]
+        tally = counts[group["service"]]
+        tally[0] += end - start
+        pairs = zip(cols.health[start:end], cols.connected[start:end], strict=True)
+        tally[1] += sum(1 for h, c in pairs if c and h == _HEALTHY)
+    out = []
+    for i, name in enumerate(service_names):
         brief = briefs.get(name)
-        service_list.append(
+        out.append(
             {
                 "name": name,
                 "current": current.get(name),
@@ -198,11 +228,49 @@ def build_snapshot(
                 "status": brief.status if brief else None,
                 "from": brief.from_release if brief else None,
                 "to": brief.to_release if brief else None,
-                "hosts": counts[name][0],
-                "healthy": counts[name][1],
+                "hosts": counts[i][0],
+                "healthy": counts[i][1],
             }
         )
-    return Snapshot(version, service_list, groups, cols, group_keys)
+    return out
+
+
+def patch_snapshot(
+    old: Snapshot,
+    version: int,
+    changed: Sequence[HostState],
+    services: Sequence[tuple[str, int | None]],
+    briefs: dict[str, RolloutBrief],
+    briefs_changed: bool,
+) -> Snapshot | None:
+    """``old`` with the hosts in ``changed`` (same names, same services) updated and the
+    rollouts' phases applied: the cheap path of a poll in which a few hosts changed.
+    None when a full `build_snapshot` is needed (a host or a service came or went)."""
+    service_names = [s["name"] for s in old.services]
+    if sorted({name for name, _ in services} | set(service_names)) != service_names:
+        return None
+    cols = Columns(
+        names=old.columns.names,
+        addresses=old.columns.addresses,
+        groups=old.columns.groups,
+        releases=old.columns.releases.copy(),
+        desired=old.columns.desired.copy(),
+        health=old.columns.health.copy(),
+        connected=old.columns.connected.copy(),
+        phases=old.columns.phases,
+    )
+    for _service, name, observed, desired, health, connected in changed:
+        i = old.index.get(name)
+        if i is None:
+            return None
+        cols.releases[i] = observed or 0
+        cols.desired[i] = desired or 0
+        cols.health[i] = _HEALTH_INDEX.get(health, 0)
+        cols.connected[i] = 1 if connected else 0
+    if briefs_changed:
+        cols.phases = _phases(cols.names, old.groups, service_names, briefs)
+    service_list = _services(service_names, dict(services), briefs, old.groups, cols)
+    return Snapshot(version, service_list, old.groups, cols, old.group_keys, old.index)
 
 
 def delta(old: Snapshot, new: Snapshot) -> dict[str, Any] | None:
@@ -331,12 +399,22 @@ class FleetFeed:
             if meta_due or any(state[1] not in self._meta for state in states):
                 meta = host_meta(tx)
                 self._polls_since_meta = 0
+                if meta == self._meta:
+                    meta = self._meta  # unchanged: the cheap path below still applies
             else:
                 meta = self._meta
         current = (states, services, briefs)
-        if self._snapshot is not None and meta is self._meta and current == self._last:
+        last, old = self._last, self._snapshot
+        if old is not None and meta is self._meta and current == last:
             return None
         self._last = current
+        if old is not None and last is not None and meta is self._meta and len(states) == len(last[0]):
+            diffs = [(was, new) for was, new in zip(last[0], states, strict=True) if was != new]
+            if all(was[:2] == new[:2] for was, new in diffs):  # same hosts, in the same services
+                changed = [new for _, new in diffs]
+                patched = patch_snapshot(old, version, changed, services, briefs, briefs != last[2])
+                if patched is not None:
+                    return patched
         self._meta = meta
         if len(self._labels) > 4 * len(meta) + 1000:
             self._labels.clear()

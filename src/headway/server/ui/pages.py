@@ -15,6 +15,7 @@ from headway.engine.state import RolloutState
 from headway.server.context import ServerContext
 from headway.server.ui import reads
 from headway.server.ui.views import GateView, RolloutView, gate_views, rollout_view
+from headway.store import Tx
 
 TIMELINE = 300  # newest events shown on the rollout page (older ones: the events API)
 
@@ -32,12 +33,23 @@ class ServicePage:
     by_release: list[tuple[int, int]]  # (release, hosts running it)
 
 
+def _with_starter(tx: Tx, summary: RolloutSummary) -> RolloutSummary:
+    """The summary with who started it: the stored summary may have lost it, the audit log
+    has it (the rollout's first event)."""
+    if summary.created_by:
+        return summary
+    first = tx.list_events(rollout_id=summary.id, limit=1)
+    if first and first[0].kind == "rollout.started" and first[0].actor:
+        return summary.model_copy(update={"created_by": first[0].actor})
+    return summary
+
+
 def _service_page(ctx: ServerContext, name: str) -> ServicePage:
     with ctx.store.tx() as tx:
         spec = tx.get_service(name)
         current = tx.service_current_release(name)
         releases = tx.list_releases(name)
-        rollouts = tx.list_rollouts(name, limit=50)
+        rollouts = [_with_starter(tx, r) for r in tx.list_rollouts(name, limit=50)]
         active = tx.active_rollout(name)
         rows = reads.host_rows(tx, name)
     health = Counter(r.health for r in rows if r.connected)
@@ -102,10 +114,7 @@ Loaded = tuple[RolloutSummary, RolloutState | None]
 def _load_rollout(ctx: ServerContext, rollout_id: str, parse: bool) -> Loaded:
     with ctx.store.tx() as tx:
         summary, raw = tx.get_rollout(rollout_id)
-        if not summary.created_by:  # the stored summary may have lost it: the log has it
-            first = tx.list_events(rollout_id=rollout_id, limit=1)
-            if first and first[0].kind == "rollout.started" and first[0].actor:
-                summary = summary.model_copy(update={"created_by": first[0].actor})
+        summary = _with_starter(tx, summary)
     if not parse:
         return summary, None
     try:

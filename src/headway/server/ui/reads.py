@@ -2,7 +2,7 @@
 
 `Tx.list_hosts` builds a validated `HostView` per row: about 0.3 s for 10,000
 hosts, too slow to poll several times a second while holding the store's lock.
-The fleet page polls six narrow columns as plain tuples (about 20 ms for 10,000) and
+The fleet page polls six narrow columns as plain tuples (20-50 ms for 10,000) and
 reads addresses and labels only now and then.
 The rollout page needs the newest events first and the gate records of one
 rollout (meta keys ``gate:<rollout>:<action>:<gate>``), which the store only
@@ -71,7 +71,7 @@ HostState = tuple[str, str, int | None, int | None, str, bool]
 
 def host_states(tx: Tx) -> list[HostState]:
     """``(service, name, observed release, desired release, health, connected)`` of every
-    host, ordered by service and name: what the fleet page polls (about 20 ms for 10,000)."""
+    host, ordered by service and name: what the fleet page polls (20-50 ms for 10,000)."""
     query = sa.select(
         hosts.c.service,
         hosts.c.name,
