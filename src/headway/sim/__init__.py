@@ -17,9 +17,7 @@ from __future__ import annotations
 
 import random
 
-from headway.sim.engine_plane import EnginePlane
 from headway.sim.monitor import InvariantBroken, diagnose
-from headway.sim.runner_plane import RunnerPlane
 from headway.sim.scenario import MODES, PROFILES, Scenario, draw
 from headway.sim.wire import Plane
 from headway.sim.world import FROM_RELEASE, TO_RELEASE, SimResult, SimulationFailure, World
@@ -37,6 +35,10 @@ def simulate(seed: int, hosts: int, mode: str = "engine", profile: str = "t6", t
     scenario = draw(seed, hosts, mode, profile, rng)
     world = World(scenario, rng, tail=tail)
     names = list(world.agents)
+    # imported here: `headway.sim.agents` (for bench/scale.py) should not pull in the server
+    from headway.sim.engine_plane import EnginePlane
+    from headway.sim.runner_plane import RunnerPlane
+
     plane: Plane
     if mode == "engine":
         plane = EnginePlane(world, scenario, names, FROM_RELEASE, TO_RELEASE)

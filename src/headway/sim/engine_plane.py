@@ -247,11 +247,12 @@ class EnginePlane:
             self.out.verify_start(ROLLOUT_ID, state.analysis_pending, 0, 0)
         self._schedule()
 
-    def serving(self) -> dict[str, bool]:
-        return {
-            name: connected and health is Health.HEALTHY and self.desired[name] == release
-            for name, (connected, release, health) in self.seen.items()
-        }
+    def serving(self, hosts: list[str]) -> dict[str, bool]:
+        serve = {}
+        for name in hosts:
+            connected, release, health = self.seen[name]
+            serve[name] = connected and health is Health.HEALTHY and self.desired[name] == release
+        return serve
 
     def final(self) -> tuple[RolloutState | None, dict[str, int | None] | None]:
         return self.state, None

@@ -478,9 +478,9 @@ class RunnerPlane:
             self.monitor.check_full(self.state)
         self._schedule()
 
-    def serving(self) -> dict[str, bool]:
+    def serving(self, hosts: list[str]) -> dict[str, bool]:
         with self.store.tx() as tx:
-            return {h.name: _should_serve(self.sc.spec, h, None) for h in tx.list_hosts("web")}
+            return {name: _should_serve(self.sc.spec, tx.get_host(name), None) for name in hosts}
 
     def final(self) -> tuple[RolloutState | None, dict[str, int | None] | None]:
         if self.rid is None:

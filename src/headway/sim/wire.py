@@ -113,8 +113,8 @@ class Plane(Protocol):
     def boot(self) -> None:
         """The server starts again and recovers from what it stored."""
 
-    def serving(self) -> dict[str, bool]:
-        """Per host, whether the traffic reconciler would admit it now (connected, healthy,
+    def serving(self, hosts: list[str]) -> dict[str, bool]:
+        """Per host of ``hosts``, whether the traffic reconciler would admit it now (connected, healthy,
         running what it should), as the server's store says."""
 
     def final(self) -> tuple[RolloutState | None, dict[str, int | None] | None]:

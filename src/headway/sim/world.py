@@ -173,6 +173,7 @@ class World:
         self.server_up = True
         self.incarnation = 0
         self.admitted = dict.fromkeys(self.agents, True)
+        self.out_of_lb: dict[str, None] = {}  # hosts the balancer does not send traffic to, in order
         self.last_lb: dict[str, tuple[str, bool]] = {}
         self.ops: dict[tuple[int, str], _Op] = {}
         self.draining: dict[str, list[tuple[int, str]]] = {}  # host -> drains under way
@@ -564,7 +565,7 @@ class World:
                 and op.kind == "admit"
                 and self.rng.random() < 0.5
             ):
-                self.admitted[op.host] = True
+                self._set_lb(op.host, True)
         for agent in self.agents.values():
             if agent.linked:
                 agent.linked = False
@@ -595,7 +596,7 @@ class World:
             op.ok = False
             took = rng.uniform(1.0, 5.0)
         elif kind == "drain":
-            self.admitted[host] = False
+            self._set_lb(host, False)
             self.draining.setdefault(host, []).append(key)
             took = rng.uniform(5.0, 30.0) if self._chance(self.f.slow_drain) else rng.uniform(0.05, 1.0)
         else:
@@ -622,8 +623,15 @@ class World:
         self.log(f"balancer {op.kind} {op.host} {'ok' if op.ok else 'failed'} ({_seq(op.action_id)})")
         self._answer(TrafficAnswer(op.rollout_id, op.action_id, op.host, op.kind, op.ok, detail))
 
+    def _set_lb(self, host: str, admitted: bool) -> None:
+        self.admitted[host] = admitted
+        if admitted:
+            self.out_of_lb.pop(host, None)
+        else:
+            self.out_of_lb[host] = None
+
     def _admit(self, host: str) -> None:
-        self.admitted[host] = True
+        self._set_lb(host, True)
         for key in self.draining.get(host, ()):
             self.at(self.now + 0.05, self._redrain, key)
 
@@ -638,17 +646,18 @@ class World:
     def _reconcile(self, _: Any) -> None:
         """The server's traffic loop once no rollout handles the hosts: admit idle healthy ones."""
         assert self.plane is not None
-        if self.server_up:
-            for host, serve in self.plane.serving().items():
+        if self.server_up and self.out_of_lb:
+            for host, serve in self.plane.serving(list(self.out_of_lb)).items():
                 if serve and not self.admitted[host]:
                     self.log(f"reconciler admits {host}")
                     self.last_lb[host] = ("reconcile", True)
                     self._admit(host)
-        # the world at rest: nothing more will change what the reconciler sees
-        quiet = not self.ops and all(
-            a.converging is None and a.alive and a.linked and not a.flapping for a in self.agents.values()
-        )
-        if not quiet and self.ended_at is not None and self.now < self.ended_at + SETTLE / 2:
+        # until every host is back in load balancing (or it is clear some never will be)
+        if (
+            (self.ops or self.out_of_lb)
+            and self.ended_at is not None
+            and self.now < self.ended_at + SETTLE / 2
+        ):
             self.at(self.now + 2.0, self._reconcile)
 
     def _answer(self, message: TrafficAnswer | GateAnswer) -> None:
