@@ -1,4 +1,5 @@
-"""T3 scale check: one real server, N simulated agents, a rolling upgrade and a rollback.
+"""T3/T4/T5 scale check: one real server, N simulated agents, a change pushed to all of
+them at once, a rolling upgrade and a rollback.
 
     python bench/scale.py --agents 1000 [--batches 10] [--restart-time 1.0] [--json]
 
@@ -11,11 +12,21 @@ protocol from its own source address (127.40.x.y), and measures:
 - connect: from starting the agents until every one has its ``welcome``;
 - install: from starting the agents until the server sees every host
   healthy on v1;
-- rollout: from ``POST .../rollouts`` (to v2, a copy of v1 with a changed
-  param) until the server reports the rollout ``succeeded``; the floor is
-  batches x restart time;
+- propagation (T4; skip with ``--no-propagation``): a change of 1 KiB
+  (``--config-bytes``) delivered to every host at once, from the server's
+  timestamp of the change (taken before its commit) to each agent's
+  acknowledgement (its report of the new release, healthy), as p50/p99/max
+  over the agents that are not slow. 1% of the agents (``--slow-fraction``)
+  take ``--slow-time`` seconds to apply it; the others apply at once
+  (``--apply-time``). Until configuration releases land, the change is
+  modelled as release v2 = v1 with a 1 KiB parameter, rolled out with one
+  batch of 100% and ``min_healthy_time: 0s``;
+- rollout: from ``POST .../rollouts`` (to a copy of the current release
+  with a changed param) until the server reports the rollout ``succeeded``;
+  the floor is batches x restart time;
 - rollback: from ``POST .../rollback`` until the rollback rollout has
-  succeeded and the server sees every host healthy on v1 again (T5).
+  succeeded and the server sees every host healthy on the previous release
+  again (T5).
 
 The server's RSS and CPU time are read from /proc/<pid> apart from this
 process's, which carries the simulator. Benchmarks live in ``bench/``, not
@@ -27,10 +38,13 @@ from __future__ import annotations
 import argparse
 import asyncio
 import contextlib
+import gc
 import io
 import json
+import math
 import os
 import platform
+import random
 import resource
 import shutil
 import signal
@@ -68,6 +82,11 @@ class Options:
     poll: float = 0.05  # seconds between polls of the REST API
     seed: int = 0
     profile: Path | None = None  # py-spy flame graph of the server, if py-spy is installed
+    propagation: bool = True  # measure T4 before the rollout
+    config_bytes: int = 1024  # size of the change pushed in the propagation phase
+    slow_fraction: float = 0.01  # agents that apply the change slowly
+    slow_time: float = 5.0  # seconds a slow agent takes to apply it
+    apply_time: float = 0.0  # seconds the other agents take to apply it
 
 
 def parse_args(argv: Sequence[str] | None) -> tuple[Options, bool]:
@@ -79,6 +98,21 @@ def parse_args(argv: Sequence[str] | None) -> tuple[Options, bool]:
     )
     parser.add_argument("--timeout", type=float, default=300.0, help="seconds allowed per phase")
     parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument(
+        "--no-propagation", action="store_true", help="skip the propagation phase (T4)"
+    )
+    parser.add_argument(
+        "--config-bytes", type=int, default=1024, help="size of the change pushed (default 1024)"
+    )
+    parser.add_argument(
+        "--slow-fraction", type=float, default=0.01, help="share of slow agents (default 0.01)"
+    )
+    parser.add_argument(
+        "--slow-time", type=float, default=5.0, help="seconds a slow agent takes to apply (default 5)"
+    )
+    parser.add_argument(
+        "--apply-time", type=float, default=0.0, help="seconds the other agents take to apply (default 0)"
+    )
     parser.add_argument("--json", action="store_true", help="print one JSON object instead of a table")
     parser.add_argument(
         "--profile",
@@ -91,8 +125,12 @@ def parse_args(argv: Sequence[str] | None) -> tuple[Options, bool]:
         parser.error("--agents must be between 1 and 60000")
     if args.batches < 1 or args.batches > args.agents:
         parser.error("--batches must be between 1 and --agents")
-    if args.restart_time < 0:
-        parser.error("--restart-time must be 0 or more")
+    if args.restart_time < 0 or args.slow_time < 0 or args.apply_time < 0:
+        parser.error("--restart-time, --slow-time and --apply-time must be 0 or more")
+    if not 0 <= args.slow_fraction < 1:
+        parser.error("--slow-fraction must be at least 0 and below 1")
+    if args.config_bytes < 0:
+        parser.error("--config-bytes must be 0 or more")
     options = Options(
         agents=args.agents,
         batches=args.batches,
@@ -100,6 +138,11 @@ def parse_args(argv: Sequence[str] | None) -> tuple[Options, bool]:
         phase_timeout=args.timeout,
         seed=args.seed,
         profile=args.profile,
+        propagation=not args.no_propagation,
+        config_bytes=args.config_bytes,
+        slow_fraction=args.slow_fraction,
+        slow_time=args.slow_time,
+        apply_time=args.apply_time,
     )
     return options, bool(args.json)
 
@@ -114,6 +157,14 @@ class ScaleResult:
     restart_time_s: float
     connect_s: float = 0.0
     install_s: float = 0.0
+    # T4: seconds from the change's server timestamp to each agent's acknowledgement
+    propagation_agents: int = 0  # agents measured (not slow)
+    propagation_slow_agents: int = 0
+    propagation_p50_s: float = 0.0
+    propagation_p99_s: float = 0.0
+    propagation_max_s: float = 0.0
+    propagation_slow_max_s: float = 0.0  # slow agents: about --slow-time
+    propagation_server_s: float = 0.0  # until the server had every acknowledgement (rollout end)
     rollout_status: str = ""
     rollout_s: float = 0.0
     rollout_server_s: float = 0.0  # updated_at - created_at of the rollout, server clock
@@ -134,6 +185,16 @@ class ScaleResult:
             ("batches x restart", f"{self.batches} x {self.restart_time_s:g} s"),
             ("connect time", f"{self.connect_s:.2f} s"),
             ("initial install time", f"{self.install_s:.2f} s"),
+            (
+                "propagation p50/p99/max",
+                f"{self.propagation_p50_s:.3f} / {self.propagation_p99_s:.3f} / "
+                f"{self.propagation_max_s:.3f} s over {self.propagation_agents} agents",
+            ),
+            (
+                "  slow agents, server",
+                f"{self.propagation_slow_agents} slow, last at {self.propagation_slow_max_s:.2f} s; "
+                f"server had all at {self.propagation_server_s:.2f} s",
+            ),
             ("rollout time", f"{self.rollout_s:.2f} s ({self.rollout_status})"),
             ("rollout floor", f"{self.floor_s:.2f} s"),
             ("rollout / floor", f"{self.rollout_s / self.floor_s:.2f}" if self.floor_s else "-"),
@@ -323,9 +384,8 @@ def check(response: httpx.Response, what: str) -> dict[str, Any]:
     return body
 
 
-async def setup_service(api: httpx.AsyncClient, options: Options) -> None:
-    per_batch = max(1, options.agents // options.batches)
-    spec = {
+def service_spec(per_batch: int | str) -> dict[str, Any]:
+    return {
         "name": SERVICE,
         "run": {"start": ["python3", "app.py"]},
         "health": {"http": {"path": "/healthz"}},
@@ -336,13 +396,88 @@ async def setup_service(api: httpx.AsyncClient, options: Options) -> None:
             "progress_deadline": "120s",
         },
     }
-    check(await api.post("/api/v1/services", json={"spec": spec}), "apply service")
+
+
+async def apply_service(api: httpx.AsyncClient, per_batch: int | str) -> None:
+    check(await api.post("/api/v1/services", json={"spec": service_spec(per_batch)}), "apply service")
+
+
+async def setup_service(api: httpx.AsyncClient, options: Options) -> None:
+    await apply_service(api, max(1, options.agents // options.batches))
     artifact = check(await api.post("/api/v1/artifacts", content=tiny_tarball("v1")), "upload artifact")
     release = check(
         await api.post(f"/api/v1/services/{SERVICE}/releases", json={"artifact": artifact["digest"]}),
         "create v1",
     )
     assert release["number"] == 1, release
+
+
+def percentile(sorted_values: Sequence[float], fraction: float) -> float:
+    """Nearest-rank percentile of an ascending list (0.0 for an empty one)."""
+    if not sorted_values:
+        return 0.0
+    rank = max(1, math.ceil(fraction * len(sorted_values)))
+    return sorted_values[rank - 1]
+
+
+class Acks:
+    """When each agent acknowledged a release (wall clock, like the server's timestamps)."""
+
+    def __init__(self) -> None:
+        self.release = 0
+        self.at: dict[str, float] = {}
+
+    def __call__(self, agent: SimAgent, generation: int) -> None:
+        if agent.release == self.release and agent.name not in self.at:
+            self.at[agent.name] = CLOCK.now()
+
+
+async def propagate(
+    api: httpx.AsyncClient,
+    agents: Sequence[SimAgent],
+    slow: set[str],
+    configs: tuple[SimAgentConfig, SimAgentConfig],
+    options: Options,
+    result: ScaleResult,
+) -> int:
+    """T4: one change to every host at once; per-agent time from its commit to the ack.
+
+    Returns the new release's number.
+    """
+    fast_config, slow_config = configs
+    fast_config.restart_time, slow_config.restart_time = options.apply_time, options.slow_time
+    await apply_service(api, "100%")
+    payload = "c" * options.config_bytes  # the 1 KiB "config", as a release parameter
+    created = check(
+        await api.post(
+            f"/api/v1/services/{SERVICE}/releases",
+            json={"from_version": "v1", "params": {"BENCH_CONFIG": payload}},
+        ),
+        "create the propagated release",
+    )
+    acks = Acks()
+    acks.release = int(created["number"])
+    for agent in agents:
+        agent.on_applied = acks
+    started = check(await api.post(f"/api/v1/services/{SERVICE}/rollouts", json={}), "start propagation")
+    committed = float(started["rollout"]["created_at"])  # server clock, before the commit
+    ended = await wait_rollout(api, started["rollout"]["id"], options)
+    if ended["status"] != "succeeded":
+        raise RuntimeError(f"propagation rollout ended {ended['status']}: {ended.get('reason', '')}")
+    result.propagation_server_s = float(ended["updated_at"]) - committed
+    await everyone_on(api, agents, acks.release, options)
+    fast = sorted(acks.at[a.name] - committed for a in agents if a.name not in slow)
+    late = sorted(acks.at[a.name] - committed for a in agents if a.name in slow)
+    result.propagation_agents, result.propagation_slow_agents = len(fast), len(late)
+    result.propagation_p50_s = percentile(fast, 0.50)
+    result.propagation_p99_s = percentile(fast, 0.99)
+    result.propagation_max_s = fast[-1] if fast else 0.0
+    result.propagation_slow_max_s = late[-1] if late else 0.0
+    for agent in agents:
+        agent.on_applied = None
+    fast_config.restart_time = slow_config.restart_time = options.restart_time
+    await apply_service(api, max(1, options.agents // options.batches))
+    return acks.release
 
 
 class Phases:
@@ -370,14 +505,25 @@ async def drive(server: ServerProcess, options: Options, result: ScaleResult) ->
             await setup_service(api, options)
             phases.end("setup")
 
-            config = SimAgentConfig(
-                server.url,
-                server.tokens["agent"],
-                SERVICE,
-                restart_time=options.restart_time,
-                seed=options.seed,
+            configs = tuple(
+                SimAgentConfig(
+                    server.url,
+                    server.tokens["agent"],
+                    SERVICE,
+                    restart_time=options.restart_time,
+                    seed=options.seed,
+                )
+                for _ in range(2)
             )
-            agents = [SimAgent(f"sim-{i:05d}", agent_address(i), config) for i in range(options.agents)]
+            fast_config, slow_config = configs
+            names = [f"sim-{i:05d}" for i in range(options.agents)]
+            slow = set(
+                random.Random(options.seed).sample(names, round(options.agents * options.slow_fraction))
+            )
+            agents = [
+                SimAgent(name, agent_address(i), slow_config if name in slow else fast_config)
+                for i, name in enumerate(names)
+            ]
             t0 = CLOCK.monotonic()
             agent_tasks = [asyncio.create_task(a.run()) for a in agents]
             await asyncio.wait_for(
@@ -387,13 +533,19 @@ async def drive(server: ServerProcess, options: Options, result: ScaleResult) ->
             result.install_s = await everyone_on(api, agents, 1, options) - t0
             phases.end("install")
 
-            check(
+            current, expected_restarts = 1, 3  # v1, the rollout's release, back
+            if options.propagation:
+                current = await propagate(api, agents, slow, (fast_config, slow_config), options, result)
+                expected_restarts += 1
+                phases.end("propagation")
+
+            target = check(
                 await api.post(
                     f"/api/v1/services/{SERVICE}/releases",
-                    json={"from_version": "v1", "params": {"BENCH": "2"}},
+                    json={"from_version": f"v{current}", "params": {"BENCH": "2"}},
                 ),
-                "create v2",
-            )
+                "create the rollout's release",
+            )["number"]
             t0 = CLOCK.monotonic()
             started = check(await api.post(f"/api/v1/services/{SERVICE}/rollouts", json={}), "start rollout")
             ended = await wait_rollout(api, started["rollout"]["id"], options)
@@ -403,7 +555,7 @@ async def drive(server: ServerProcess, options: Options, result: ScaleResult) ->
             phases.end("rollout")
             if result.rollout_status != "succeeded":
                 raise RuntimeError(f"rollout ended {result.rollout_status}: {ended.get('reason', '')}")
-            await everyone_on(api, agents, 2, options)
+            await everyone_on(api, agents, target, options)
 
             t0 = CLOCK.monotonic()
             back = check(
@@ -414,9 +566,9 @@ async def drive(server: ServerProcess, options: Options, result: ScaleResult) ->
             result.rollback_status = str(ended["status"])
             if result.rollback_status != "succeeded":
                 raise RuntimeError(f"rollback ended {result.rollback_status}: {ended.get('reason', '')}")
-            result.rollback_s = await everyone_on(api, agents, 1, options) - t0
+            result.rollback_s = await everyone_on(api, agents, current, options) - t0
             phases.end("rollback")
-            result.extra_restarts = sum(max(0, a.restarts - 3) for a in agents)
+            result.extra_restarts = sum(max(0, a.restarts - expected_restarts) for a in agents)
     finally:
         for task in agent_tasks:
             task.cancel()
@@ -467,6 +619,11 @@ def main(argv: Sequence[str] | None = None) -> ScaleResult:
 
 
 if __name__ == "__main__":
+    # the simulator shares the machine with the server: collect its garbage the way the
+    # server does (headway.server.main.tune_gc), so that it takes less of the CPU it shares
+    gc.collect()
+    gc.freeze()
+    gc.set_threshold(50_000, 20, 100)
     try:
         main()
     except (RuntimeError, TimeoutError) as error:

@@ -28,14 +28,37 @@ def load_bench() -> ModuleType:
     return module
 
 
-def test_scale_bench_rolls_out_and_back_on_20_agents(capsys: pytest.CaptureFixture[str]) -> None:
+def test_scale_bench_propagates_rolls_out_and_back_on_20_agents(
+    capsys: pytest.CaptureFixture[str],
+) -> None:
     bench = load_bench()
-    result = bench.main(["--agents", "20", "--restart-time", "0.05", "--json"])
+    result = bench.main(
+        ["--agents", "20", "--restart-time", "0.05", "--slow-fraction", "0.1", "--slow-time", "0.3", "--json"]
+    )
     assert result.rollout_status == "succeeded"
     assert result.rollback_status == "succeeded"
     assert result.extra_restarts == 0
     assert result.server_peak_rss_mib > 0 and result.server_cpu_s > 0
+    # propagation: 2 slow agents of 20, measured apart; the others acknowledged in order
+    assert (result.propagation_agents, result.propagation_slow_agents) == (18, 2)
+    assert 0 < result.propagation_p50_s <= result.propagation_p99_s <= result.propagation_max_s
+    assert result.propagation_slow_max_s >= 0.3
+    assert result.propagation_server_s >= result.propagation_slow_max_s
     printed = json.loads(capsys.readouterr().out)
     assert printed["agents"] == 20
     assert printed["rollout_status"] == "succeeded"
-    assert set(printed["server_cpu_by_phase_s"]) == {"setup", "install", "rollout", "rollback"}
+    assert set(printed["server_cpu_by_phase_s"]) == {"setup", "install", "propagation", "rollout", "rollback"}
+
+
+def test_scale_bench_runs_without_the_propagation_phase(capsys: pytest.CaptureFixture[str]) -> None:
+    bench = load_bench()
+    result = bench.main(["--agents", "10", "--restart-time", "0.05", "--no-propagation", "--json"])
+    assert (result.rollout_status, result.rollback_status) == ("succeeded", "succeeded")
+    assert result.extra_restarts == 0
+    assert result.propagation_agents == 0
+    assert set(json.loads(capsys.readouterr().out)["server_cpu_by_phase_s"]) == {
+        "setup",
+        "install",
+        "rollout",
+        "rollback",
+    }
