@@ -638,7 +638,7 @@ class World:
     def _redrain(self, key: tuple[int, str]) -> None:
         op = self.ops.get(key)
         if op is not None and op.incarnation == self.incarnation and self.admitted[op.host]:
-            self.admitted[op.host] = False
+            self._set_lb(op.host, False)
             self.log(
                 f"balancer: {op.host} readmitted while its drain ({_seq(op.action_id)}) runs; drained again"
             )
