@@ -69,6 +69,38 @@ def test_fleet_and_demo_offer_json() -> None:
         assert "--json" in {opt for p in target.params for opt in getattr(p, "opts", [])}
 
 
+def _help(*path: str) -> str:
+    result = CliRunner().invoke(app, [*path, "--help"], env={"COLUMNS": "200"})
+    assert result.exit_code == 0, result.output
+    return " ".join(result.output.split())
+
+
+def test_fleet_up_help_explains_pools_and_traffic() -> None:
+    text = _help("fleet", "up")
+    assert "--pools" in text and "blue,green" in text
+    assert "first half of the hosts" in text and "blue-green" in text
+    assert "--traffic-port" in text and "HAProxy" in text
+    assert "`traffic` in --json is HAProxy's URL" in text
+    assert "HAProxy" in _help("fleet", "down")
+
+
+def test_demo_help_explains_strategies_and_traffic() -> None:
+    text = _help("demo")
+    assert "--strategy" in text
+    for name in ("rolling", "canary", "blue-green"):
+        assert name in text
+    assert "10%, pause 5s, 50%, pause 5s, 100%" in text
+    assert "--rate" in text and "/slow?ms=2000-5000" in text
+    assert "--traffic-port" in text and "--stay" in text
+    assert "zero-downtime figures" in text
+
+
+def test_demo_refuses_an_unknown_strategy() -> None:
+    result = CliRunner().invoke(app, ["demo", "--strategy", "big-bang"])
+    assert result.exit_code == 2
+    assert "big-bang" in result.output
+
+
 def test_version() -> None:
     result = CliRunner().invoke(app, ["--version"])
     assert result.exit_code == 0

@@ -180,3 +180,63 @@ def test_load_fleet_tolerates_garbage(tmp_path: Path) -> None:
         hosts=(local.FleetHost("host-01", "127.0.10.1", 6, tmp_path / "hosts" / "host-01"),),
     )
     assert local.Fleet.from_json(json.loads(json.dumps(fleet.to_json()))) == fleet
+
+
+def test_pools_split_the_hosts_first_half_blue() -> None:
+    names = [name for name, _ in local.host_plan(5)]
+    assert local.assign_pools(names, ("blue", "green")) == {
+        "host-01": "blue", "host-02": "blue", "host-03": "blue",
+        "host-04": "green", "host-05": "green",
+    }
+    assert local.parse_pools(" blue , green ") == ("blue", "green")
+    for bad in ("blue", "blue,blue", "a,b,c", "blue,"):
+        with pytest.raises(SpecError, match="two different pools"):
+            local.parse_pools(bad)
+    with pytest.raises(SpecError, match="at least 2 hosts"):
+        local.fleet_up(Path("/nonexistent/fleet"), 1, pools=("blue", "green"))
+    with pytest.raises(SpecError, match="needs two pools"):
+        local.fleet_up(Path("/nonexistent/fleet"), 2, strategy=local.blue_green_strategy())
+
+
+def test_the_fleet_spec_puts_the_sample_service_behind_haproxy() -> None:
+    from headway.domain.spec import BalancerKind, BlueGreenStrategy, parse_service_spec
+
+    spec = local.fleet_service_spec(Path("/tmp/x/haproxy.sock"))
+    assert spec.traffic.balancer is BalancerKind.HAPROXY
+    assert spec.traffic.haproxy is not None
+    assert (spec.traffic.haproxy.socket, spec.traffic.haproxy.backend) == ("/tmp/x/haproxy.sock", "web")
+    assert spec.strategy == local.sample_spec().strategy
+    assert spec.drain_timeout >= 5.0  # longer than the demo's slowest request
+
+    blue_green = local.fleet_service_spec(Path("/tmp/x/haproxy.sock"), local.blue_green_strategy())
+    strategy = blue_green.strategy
+    assert isinstance(strategy, BlueGreenStrategy)
+    assert (strategy.pools, strategy.pool_label) == (("blue", "green"), "pool")
+    assert [str(s) for s in strategy.shift] == ["50%", "100%"]
+    assert strategy.rollback_window == 10.0
+    assert parse_service_spec(json.loads(json.dumps(blue_green.model_dump(mode="json")))) == blue_green
+
+
+def test_the_fleet_record_keeps_traffic_and_pools(tmp_path: Path) -> None:
+    fleet = local.Fleet(
+        server="http://127.0.0.1:7400", token="t", state_dir=tmp_path, server_pid=5, release=1,
+        hosts=(local.FleetHost("host-01", "127.0.10.1", 6, tmp_path / "h1", pool="blue"),
+               local.FleetHost("host-02", "127.0.10.2", 7, tmp_path / "h2", pool="green")),
+        traffic="http://127.0.0.1:7480", haproxy_pid=8, haproxy_socket=str(tmp_path / "s.sock"),
+        pools=("blue", "green"),
+    )
+    data = json.loads(json.dumps(fleet.to_json()))
+    assert data["traffic"] == "http://127.0.0.1:7480"
+    assert data["pools"] == ["blue", "green"] and data["hosts"][1]["pool"] == "green"
+    assert local.Fleet.from_json(data) == fleet
+    assert [h.name for h in fleet.pool_hosts("green")] == ["host-02"]
+
+
+def test_fleet_up_refuses_addresses_where_something_already_listens(tmp_path: Path) -> None:
+    with socket.socket() as squatter:
+        squatter.bind(("127.0.19.2", 8080))
+        squatter.listen()
+        with pytest.raises(Conflict, match=r"host-02 \(127\.0\.19\.2:8080\)") as caught:
+            local.fleet_up(tmp_path / "fleet", 3, address_prefix="127.0.19")
+    assert "--address-prefix" in caught.value.hint
+    assert not (tmp_path / "fleet").exists()  # refused before anything started

@@ -1,4 +1,4 @@
-"""``headway fleet up|down`` and ``headway demo``: a whole fleet on this machine."""
+"""``headway fleet up|down`` and ``headway demo``: a whole fleet behind HAProxy on this machine."""
 
 from __future__ import annotations
 
@@ -8,9 +8,11 @@ from pathlib import Path
 from typing import Annotated
 
 import typer
-from rich.console import Console
+from rich.console import Console, Group, RenderableType
 from rich.live import Live
 from rich.markup import escape
+from rich.table import Table
+from rich.text import Text
 
 from headway.cli._common import (
     EXIT_ROLLOUT_FAILED,
@@ -23,11 +25,12 @@ from headway.cli._common import (
 from headway.cli._render import rollout_view
 from headway.client.watch import RolloutSnapshot
 from headway.domain.models import Event
+from headway.domain.spec import StrategyKind
 from headway.fleet import demo as demo_module
 from headway.fleet import local
 
 fleet_app = typer.Typer(
-    help="Run a local fleet: one server and N agents on loopback addresses.",
+    help="Run a local fleet: one server, one HAProxy and N agents on loopback addresses.",
     no_args_is_help=True,
     add_completion=False,
 )
@@ -47,6 +50,16 @@ PrefixOption = Annotated[
         "--address-prefix", help="First three octets of the hosts' loopback addresses."
     ),
 ]
+TrafficPortOption = Annotated[
+    int,
+    typer.Option(
+        "--traffic-port",
+        min=0,
+        max=65535,
+        help="HAProxy's port (send requests here); a free one is picked if it is taken, "
+        "any free one with 0.",
+    ),
+]
 
 
 def _progress(json_out: bool) -> local.Log:
@@ -63,14 +76,35 @@ def _progress(json_out: bool) -> local.Log:
 @handled
 def fleet_up(
     hosts: HostsOption = 3,
+    pools: Annotated[
+        str | None,
+        typer.Option(
+            "--pools",
+            help="Two pool names, e.g. blue,green: the first half of the hosts (rounded up) "
+            "get label pool=<first>, the rest pool=<second>; the service's strategy becomes "
+            "blue-green and the first pool takes the traffic.",
+            show_default=False,
+        ),
+    ] = None,
     state_dir: StateDirOption = Path("state/fleet"),
     port: PortOption = local.DEFAULT_PORT,
+    traffic_port: TrafficPortOption = local.DEFAULT_TRAFFIC_PORT,
     address_prefix: PrefixOption = local.DEFAULT_ADDRESS_PREFIX,
     json_out: JsonOption = False,
 ) -> None:
-    """Start a server and N agents running the sample service `web` on release v1."""
+    """Start a server, an HAProxy and N agents running the sample service `web` on v1.
+
+    Returns once every host is healthy and HAProxy sends requests to every host (with
+    --pools, to the live pool only). `traffic` in --json is HAProxy's URL.
+    """
     fleet = local.fleet_up(
-        state_dir, hosts, port=port, address_prefix=address_prefix, log=_progress(json_out)
+        state_dir,
+        hosts,
+        port=port,
+        traffic_port=traffic_port,
+        address_prefix=address_prefix,
+        pools=local.parse_pools(pools) if pools is not None else None,
+        log=_progress(json_out),
     )
     if json_out:
         print_json(fleet.to_json())
@@ -78,11 +112,15 @@ def fleet_up(
     console = stdout_console()
     console.print(f"[green]fleet up[/green]: {len(fleet.hosts)} hosts run "
                   f"{fleet.service} v{fleet.release}")
+    console.print(f"  traffic    {fleet.traffic}   (HAProxy; send requests here)")
     console.print(f"  server     {fleet.server}")
     console.print(f"  token      {fleet.token}")
     console.print(f"  state dir  {fleet.state_dir}")
+    console.print(f"  spec       {fleet.spec_path}")
+    if fleet.pools:
+        console.print(f"  pools      {fleet.pools[0]} (live), {fleet.pools[1]} (idle)")
     for host in fleet.hosts:
-        console.print(f"  {host.name}  {host.address}")
+        console.print(f"  {host.name}  {host.address}" + (f"  pool={host.pool}" if host.pool else ""))
     _print_try(fleet, stop_hint=True)
 
 
@@ -91,6 +129,8 @@ def _print_try(fleet: local.Fleet, *, stop_hint: bool) -> None:
     state = shlex.quote(str(fleet.state_dir))
     console.print("\ntry:")
     console.print(f"  export HEADWAY_SERVER={fleet.server} HEADWAY_TOKEN={fleet.token}")
+    if fleet.traffic:
+        console.print(f"  curl -si {fleet.traffic}/ | grep -i x-app-version")
     for command in (
         f"headway hosts --service {fleet.service}",
         f"headway release list {fleet.service}",
@@ -109,7 +149,7 @@ def fleet_down(
     state_dir: StateDirOption = Path("state/fleet"),
     json_out: JsonOption = False,
 ) -> None:
-    """Stop the agents, the apps and the server of a local fleet (idempotent)."""
+    """Stop the agents, the apps, HAProxy and the server of a local fleet (idempotent)."""
     result = local.fleet_down(state_dir, log=_progress(json_out))
     if json_out:
         print_json({"state_dir": str(state_dir.resolve()), "stopped": result.stopped})
@@ -121,23 +161,46 @@ def fleet_down(
         console.print(f"stopped {len(result.stopped)} processes of the fleet in {state_dir}")
 
 
-class _LiveRollout:
-    """A Rich Live view of the rollout that steps aside for log lines."""
+def traffic_view(frame: demo_module.DemoFrame) -> RenderableType:
+    """One line of numbers and one of versions: the load as the demo sends it."""
+    t = frame.traffic
+    line = Text()
+    line.append(f"traffic ({frame.phase.value})", style="bold")
+    line.append(f"  {t.rps:4.0f} req/s  sent {t.sent}  in flight {t.in_flight}  ")
+    line.append(f"errors {t.failed}", style="bold red" if t.failed else "green")
+    line.append(f"  {t.elapsed:.0f}s", style="dim")
+    versions = Text("answering  ", style="bold")
+    total = sum(t.versions.values()) or 1
+    for name, count in t.versions.items():
+        versions.append(f"{name} ", style="cyan")
+        versions.append(f"{100 * count / total:3.0f}%  ")
+    if not t.versions:
+        versions.append("-", style="dim")
+    return Group(line, versions)
+
+
+class _LiveDemo:
+    """A Rich Live view of the traffic and the rollout that steps aside for log lines."""
 
     def __init__(self, console: Console, log: local.Log, *, enabled: bool) -> None:
         self._live = Live(console=console, refresh_per_second=4) if enabled else None
         self._log = log
         self._events: deque[Event] = deque(maxlen=20)
+        self._rollout: RolloutSnapshot | None = None
 
-    def update(self, snapshot: RolloutSnapshot) -> None:
-        self._events.extend(snapshot.new_events)
+    def update(self, frame: demo_module.DemoFrame) -> None:
+        if frame.rollout is not None and frame.rollout is not self._rollout:
+            self._events.extend(frame.rollout.new_events)
+            self._rollout = frame.rollout
         if self._live is None:
             return
         if not self._live.is_started:
             self._live.start()
-        self._live.update(
-            rollout_view(snapshot.rollout, snapshot.hosts, list(self._events), snapshot.elapsed)
-        )
+        parts: list[RenderableType] = [traffic_view(frame)]
+        if self._rollout is not None:
+            snap = self._rollout
+            parts.append(rollout_view(snap.rollout, snap.hosts, list(self._events), snap.elapsed))
+        self._live.update(Group(*parts))
 
     def log(self, message: str) -> None:
         self.close()
@@ -150,31 +213,77 @@ class _LiveRollout:
                 self._live.console.line()
 
 
+def _ms(value: float | None) -> str:
+    return "-" if value is None else f"{value * 1000:.0f} ms"
+
+
+def _print_figures(console: Console, summary: demo_module.DemoSummary) -> None:
+    table = Table(title="zero-downtime figures (by when each request was due)", show_edge=False)
+    for column in ("window", "sent", "2xx", "non-2xx", "conn errors", "p50", "p99",
+                   "p50 /", "p99 /", "versions"):
+        table.add_column(column, justify="right" if column != "window" else "left")
+    for name, load in summary.load.items():
+        table.add_row(
+            name, str(load.sent), str(load.ok),
+            Text(str(load.non_2xx), style="red" if load.non_2xx else ""),
+            Text(str(load.connection_errors), style="red" if load.connection_errors else ""),
+            _ms(load.p50), _ms(load.p99), _ms(load.p50_fast), _ms(load.p99_fast),
+            " ".join(f"{v}:{n}" for v, n in load.versions.items()) or "-",
+        )
+    console.print(table)
+    console.print("[dim]p50/p99 over every answer (5% of requests sleep 2-5 s); "
+                  "p50 / and p99 / over requests to / only[/dim]")
+
+
 @handled
 def demo(
+    strategy: Annotated[
+        StrategyKind,
+        typer.Option(
+            "--strategy",
+            help="How to roll v2 out: rolling (20% batches), canary (10%, pause 5s, 50%, "
+            "pause 5s, 100%) or blue-green (hosts in pools blue and green; 50% then 100% of "
+            "traffic to the new pool, a 5 s rollback window).",
+            case_sensitive=False,
+        ),
+    ] = StrategyKind.ROLLING,
     hosts: HostsOption = demo_module.DEFAULT_DEMO_HOSTS,
+    rate: Annotated[
+        float,
+        typer.Option(
+            "--rate", min=1.0, max=1000.0,
+            help="Requests per second sent through HAProxy, on a fixed schedule (5% of them "
+            "to /slow?ms=2000-5000).",
+        ),
+    ] = demo_module.DEFAULT_RATE,
     stay: Annotated[
         bool, typer.Option("--stay", help="Keep the fleet running afterwards to explore it.")
     ] = False,
     state_dir: StateDirOption = demo_module.DEFAULT_DEMO_DIR,
     port: PortOption = local.DEFAULT_PORT,
+    traffic_port: TrafficPortOption = local.DEFAULT_TRAFFIC_PORT,
     address_prefix: PrefixOption = local.DEFAULT_ADDRESS_PREFIX,
     json_out: JsonOption = False,
 ) -> None:
-    """Start a fresh local fleet on v1, roll it to v2 with live progress, summarise.
+    """Start a fresh local fleet on v1 behind HAProxy, send it live traffic, roll it to v2
+    with live progress, and end with the zero-downtime figures.
 
-    Exits 0 only if every host ends healthy on v2.
+    Exits 0 only if every host ends healthy on v2 (blue-green: the new live pool; the old
+    one stays on v1 for a rollback) and no request failed.
     """
     console = stdout_console()
-    view = _LiveRollout(console, _progress(json_out), enabled=not json_out)
+    view = _LiveDemo(console, _progress(json_out), enabled=not json_out)
     try:
         summary = demo_module.run_demo(
             state_dir,
             hosts,
+            strategy=strategy,
+            rate=rate,
             stay=stay,
             port=port,
+            traffic_port=traffic_port,
             address_prefix=address_prefix,
-            on_update=view.update,
+            on_frame=view.update,
             log=view.log,
         )
     finally:
@@ -184,13 +293,24 @@ def demo(
         print_json(summary.to_json())
     else:
         style = "green" if summary.ok else "red"
+        total = summary.total
         console.print(
-            f"\n[{style}]{'demo passed' if summary.ok else 'demo failed'}[/{style}]: rollout "
-            f"{summary.rollout_id} {summary.status.value.replace('_', ' ')} in "
-            f"{summary.duration_seconds:.1f}s; {summary.hosts_healthy_on_target}/"
-            f"{summary.hosts_total} hosts healthy on v{summary.to_release}; "
-            f"{summary.events} events"
+            f"\n[{style}]{'demo passed' if summary.ok else 'demo failed'}[/{style}]: "
+            f"{summary.strategy} rollout {summary.rollout_id} "
+            f"{summary.status.value.replace('_', ' ')} in {summary.duration_seconds:.1f}s; "
+            f"{summary.hosts_healthy_on_target}/{summary.hosts_total} hosts healthy on "
+            f"v{summary.to_release}; {summary.events} events"
             + (f" ({escape(summary.reason)})" if summary.reason else "")
+        )
+        for problem in summary.problems:
+            console.print(f"  [red]{escape(problem)}[/red]")
+        _print_figures(console, summary)
+        before, during = summary.load["before"], summary.load["during"]
+        console.print(
+            f"[bold]{total.sent} requests, {total.non_2xx} non-2xx, "
+            f"{total.connection_errors} connection errors[/bold]; p50/p99 before "
+            f"{_ms(before.p50)}/{_ms(before.p99)}, during {_ms(during.p50)}/{_ms(during.p99)}; "
+            f"versions seen: {', '.join(sorted(total.versions)) or '-'}"
         )
         if stay:
             fleet = local.load_fleet(summary.state_dir)

@@ -1,16 +1,30 @@
-"""A whole fleet on this machine: one server and N agents as detached processes.
+"""A whole fleet on this machine: one server, one HAProxy and N agents as detached processes.
 
-``fleet_up`` starts ``headway server`` on a free loopback port, applies the
-sample service (``sample-service.yaml``), publishes release v1 of the sample
-app, starts one ``headway agent`` per host, each on its own loopback address
-(127.0.10.1, 127.0.10.2, ...), and waits until every host runs v1 healthily.
+``fleet_up`` starts ``headway server`` on a free loopback port and one HAProxy
+(`headway.fleet.balancer`) with an empty backend ``web`` on another, applies the
+sample service (``sample-service.yaml``) with ``traffic: {balancer: haproxy}``
+pointing at that HAProxy's stats socket, publishes release v1 of the sample app,
+starts one ``headway agent`` per host, each on its own loopback address
+(127.0.10.1, 127.0.10.2, ...), and waits until every host runs v1 healthily *and*
+HAProxy sends requests to the hosts it should: all of them, or with pools only
+the live pool. The server registers each host at HAProxy and admits it once it
+is healthy; the launcher never touches the backend itself.
+
+With ``pools=("blue", "green")`` the first half of the hosts (rounded up) get the
+label ``pool=blue`` and the rest ``pool=green``; the service's strategy becomes
+blue-green, and the first pool is live.
+
 Everything it starts is recorded in ``<state_dir>/fleet.json`` so that
 ``fleet_down`` can stop it later from another process:
 
     <state_dir>/
-      fleet.json            server URL and pid, API token, hosts and their agent pids
+      fleet.json            server URL and pid, API token, HAProxy URL, pid and socket, hosts
+      service.yaml          the service spec as applied (edit it and `headway apply -f` it)
       server.log            the server's output
       server/               the server's own state dir (database, artifacts, tokens.json)
+      haproxy/              haproxy.cfg, haproxy.log, haproxy.pid and, if the path is short
+                            enough for a UNIX socket, haproxy.sock (else under /tmp, see
+                            `headway.fleet.balancer.socket_path_for`)
       artifacts/            sample app tarballs built for upload
       hosts/<name>/         each agent's state dir; agent.log, app.json ({"pid": ...})
 """
@@ -20,32 +34,87 @@ from __future__ import annotations
 import contextlib
 import json
 import os
-import signal
 import socket
 import sys
 import time
-from collections.abc import Callable, Iterable
-from dataclasses import dataclass, field
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field, replace
 from importlib import resources
 from pathlib import Path
 from typing import Any
+
+import yaml
 
 from headway.api_models import CreateRelease
 from headway.client.api import ApiClient
 from headway.clock import Clock, SystemClock
 from headway.domain.models import Health, HostView, Release
-from headway.domain.spec import ServiceSpec, load_service_yaml
+from headway.domain.spec import (
+    BlueGreenStrategy,
+    CanaryStrategy,
+    RollingStrategy,
+    ServiceSpec,
+    load_service_yaml,
+    parse_service_spec,
+)
 from headway.errors import Conflict, HeadwayError, ServerUnreachable, SpecError
+from headway.fleet import balancer
 from headway.fleet.artifact import build_sample_artifact
+from headway.fleet.processes import (
+    Log,
+    cmdline,
+    find_port,
+    is_alive,
+    is_app_of,
+    is_headway,
+    spawn,
+    stop,
+    tail,
+)
+
+__all__ = [
+    "DEFAULT_ADDRESS_PREFIX",
+    "DEFAULT_POOLS",
+    "DEFAULT_PORT",
+    "DEFAULT_TRAFFIC_PORT",
+    "FLEET_FILE",
+    "MAX_HOSTS",
+    "SERVICE",
+    "DownResult",
+    "Fleet",
+    "FleetHost",
+    "Log",
+    "SampleStrategy",
+    "assign_pools",
+    "blue_green_strategy",
+    "cmdline",
+    "find_port",
+    "fleet_down",
+    "fleet_service_spec",
+    "fleet_up",
+    "host_plan",
+    "is_alive",
+    "load_fleet",
+    "parse_pools",
+    "publish_sample_release",
+    "sample_spec",
+    "sample_spec_text",
+    "spawn",
+    "wait_hosts",
+]
 
 SERVICE = "web"
 DEFAULT_PORT = 7400
+DEFAULT_TRAFFIC_PORT = 7480
 DEFAULT_ADDRESS_PREFIX = "127.0.10"
+DEFAULT_POOLS = ("blue", "green")
+POOL_LABEL = "pool"
 FLEET_FILE = "fleet.json"
+SPEC_FILE = "service.yaml"
 MAX_HOSTS = 254
 TOKEN_ENV = ("HEADWAY_API_TOKEN", "HEADWAY_AGENT_TOKEN", "HEADWAY_TOKEN")
 
-Log = Callable[[str], None]
+SampleStrategy = RollingStrategy | CanaryStrategy | BlueGreenStrategy
 
 
 def _quiet(_: str) -> None:
@@ -60,7 +129,64 @@ def sample_spec_text() -> str:
 
 
 def sample_spec() -> ServiceSpec:
+    """The sample service as written in ``sample-service.yaml`` (no load balancer)."""
     return load_service_yaml(sample_spec_text())
+
+
+def blue_green_strategy(
+    pools: tuple[str, str] = DEFAULT_POOLS, *, pause: float = 2.0, rollback_window: float = 10.0
+) -> BlueGreenStrategy:
+    """The local fleet's blue-green: half the traffic to the new pool, ``pause``, all of it,
+    then ``rollback_window`` seconds in which ``headway rollback web`` shifts it back."""
+    return BlueGreenStrategy.model_validate(
+        {
+            "type": "blue-green",
+            "pools": list(pools),
+            "pool_label": POOL_LABEL,
+            "shift": ["50%", "100%"],
+            "pause": pause,
+            "rollback_window": rollback_window,
+            "min_healthy_time": 2.0,
+            "progress_deadline": 60.0,
+        }
+    )
+
+
+def fleet_service_spec(socket_path: Path, strategy: SampleStrategy | None = None) -> ServiceSpec:
+    """The sample service behind the fleet's HAProxy (backend ``web``), with ``strategy``."""
+    data = sample_spec().model_dump(mode="json")
+    data["traffic"] = {
+        "balancer": "haproxy",
+        "haproxy": {"socket": str(socket_path), "backend": balancer.BACKEND},
+    }
+    if strategy is not None:
+        data["strategy"] = strategy.model_dump(mode="json")
+    return parse_service_spec(data)
+
+
+def parse_pools(text: str) -> tuple[str, str]:
+    """``"blue,green"`` -> ``("blue", "green")``; a `SpecError` unless two different names."""
+    names = tuple(part.strip() for part in text.split(","))
+    if len(names) != 2 or not all(names) or names[0] == names[1]:
+        raise SpecError(
+            f"--pools {text!r} must name two different pools",
+            hint="write it like --pools blue,green",
+        )
+    return names[0], names[1]
+
+
+def assign_pools(hosts: Sequence[str], pools: tuple[str, str]) -> dict[str, str]:
+    """The first half of ``hosts`` (rounded up) in the first pool, the rest in the second.
+
+    >>> assign_pools(["h1", "h2", "h3"], ("blue", "green"))
+    {'h1': 'blue', 'h2': 'blue', 'h3': 'green'}
+    """
+    if len(hosts) < 2:
+        raise SpecError(
+            "blue-green pools need at least 2 hosts, one in each pool", hint="pass --hosts 2 or more"
+        )
+    half = (len(hosts) + 1) // 2
+    return {name: pools[0] if i < half else pools[1] for i, name in enumerate(hosts)}
 
 
 def publish_sample_release(
@@ -84,6 +210,7 @@ class FleetHost:
     address: str
     pid: int
     state_dir: Path
+    pool: str | None = None
 
     @property
     def log(self) -> Path:
@@ -96,6 +223,7 @@ class FleetHost:
             "pid": self.pid,
             "state_dir": str(self.state_dir),
             "log": str(self.log),
+            "pool": self.pool,
         }
 
 
@@ -108,25 +236,47 @@ class Fleet:
     server_pid: int = 0
     release: int | None = None
     hosts: tuple[FleetHost, ...] = field(default_factory=tuple)
+    traffic: str = ""  # HAProxy's URL: send requests here
+    haproxy_pid: int = 0
+    haproxy_socket: str = ""
+    pools: tuple[str, str] | None = None
 
     @property
     def server_log(self) -> Path:
         return self.state_dir / "server.log"
 
+    @property
+    def haproxy_dir(self) -> Path:
+        return self.state_dir / "haproxy"
+
+    @property
+    def spec_path(self) -> Path:
+        return self.state_dir / SPEC_FILE
+
+    def pool_hosts(self, pool: str) -> list[FleetHost]:
+        return [h for h in self.hosts if h.pool == pool]
+
     def to_json(self) -> dict[str, Any]:
         return {
             "server": self.server,
             "token": self.token,
+            "traffic": self.traffic,
             "state_dir": str(self.state_dir),
             "service": self.service,
+            "service_spec": str(self.spec_path),
             "release": self.release,
             "server_pid": self.server_pid,
             "server_log": str(self.server_log),
+            "haproxy_pid": self.haproxy_pid,
+            "haproxy_socket": self.haproxy_socket,
+            "haproxy_log": str(self.haproxy_dir / "haproxy.log"),
+            "pools": list(self.pools) if self.pools else None,
             "hosts": [host.to_json() for host in self.hosts],
         }
 
     @classmethod
     def from_json(cls, data: dict[str, Any]) -> Fleet:
+        pools = data.get("pools")
         return cls(
             server=str(data["server"]),
             token=str(data.get("token", "")),
@@ -140,9 +290,14 @@ class Fleet:
                     address=str(h["address"]),
                     pid=int(h.get("pid", 0)),
                     state_dir=Path(h["state_dir"]),
+                    pool=str(h["pool"]) if h.get("pool") else None,
                 )
                 for h in data.get("hosts", [])
             ),
+            traffic=str(data.get("traffic", "")),
+            haproxy_pid=int(data.get("haproxy_pid", 0)),
+            haproxy_socket=str(data.get("haproxy_socket", "")),
+            pools=(str(pools[0]), str(pools[1])) if pools else None,
         )
 
 
@@ -151,7 +306,7 @@ def load_fleet(state_dir: Path) -> Fleet | None:
     try:
         data = json.loads((state_dir / FLEET_FILE).read_text("utf-8"))
         return Fleet.from_json(data)
-    except (OSError, ValueError, KeyError, TypeError):
+    except (OSError, ValueError, KeyError, TypeError, IndexError):
         return None
 
 
@@ -162,123 +317,6 @@ def _save_fleet(fleet: Fleet) -> None:
     with os.fdopen(fd, "w", encoding="utf-8") as out:
         json.dump(fleet.to_json(), out, indent=2)
     tmp.replace(path)
-
-
-# --- processes ------------------------------------------------------------------------------
-
-
-def spawn(argv: list[str], log: Path, env: dict[str, str]) -> int:
-    """Start ``argv`` in a new session, detached from our terminal, output appended to ``log``.
-
-    `os.posix_spawn` rather than `subprocess.Popen`: the launcher hands the
-    processes over to `fleet_down` (often in another process) and keeps no
-    handle on them.
-    """
-    log.parent.mkdir(parents=True, exist_ok=True)
-    return os.posix_spawn(
-        argv[0],
-        argv,
-        env,
-        file_actions=[
-            (os.POSIX_SPAWN_OPEN, 0, os.devnull, os.O_RDONLY, 0),
-            (os.POSIX_SPAWN_OPEN, 1, str(log), os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o644),
-            (os.POSIX_SPAWN_DUP2, 1, 2),
-        ],
-        setsid=True,
-    )
-
-
-def is_alive(pid: int) -> bool:
-    """True while ``pid`` runs (a zombie counts as gone; our own zombies are reaped)."""
-    if pid <= 0:
-        return False
-    with contextlib.suppress(ChildProcessError, OSError):
-        done, _ = os.waitpid(pid, os.WNOHANG)
-        if done == pid:
-            return False
-    try:
-        stat = Path(f"/proc/{pid}/stat").read_text()
-    except OSError:
-        return False
-    state = stat.rpartition(")")[2].split()[:1]
-    return state != ["Z"] and state != ["X"]
-
-
-def _cmdline(pid: int) -> list[str]:
-    try:
-        raw = Path(f"/proc/{pid}/cmdline").read_bytes()
-    except OSError:
-        return []
-    return [part.decode(errors="replace") for part in raw.split(b"\0") if part]
-
-
-def _is_headway(pid: int) -> bool:
-    return is_alive(pid) and any("headway" in part for part in _cmdline(pid))
-
-
-def _is_app_of(pid: int, state_dir: Path) -> bool:
-    """The app a host's agent started: it runs from inside ``state_dir``."""
-    if not is_alive(pid):
-        return False
-    root = state_dir.resolve()
-    try:
-        cwd = Path(os.readlink(f"/proc/{pid}/cwd"))
-    except OSError:
-        cwd = None
-    if cwd is not None and cwd.is_relative_to(root):
-        return True
-    return any(Path(part).is_absolute() and Path(part).is_relative_to(root) for part in _cmdline(pid))
-
-
-def _wait_gone(
-    pids: Iterable[int], timeout: float, clock: Clock, sleep: Callable[[float], None]
-) -> list[int]:
-    """Wait up to ``timeout`` for every pid to exit; the ones still running."""
-    pending = list(pids)
-    deadline = clock.monotonic() + timeout
-    while pending:
-        pending = [pid for pid in pending if is_alive(pid)]
-        if not pending or clock.monotonic() >= deadline:
-            break
-        sleep(0.05)
-    return pending
-
-
-def _stop(
-    targets: list[tuple[str, int]],
-    timeout: float,
-    clock: Clock,
-    sleep: Callable[[float], None],
-    log: Log,
-) -> list[str]:
-    """SIGTERM every (label, pid), SIGKILL what outlives ``timeout``; the labels stopped."""
-    stopped = []
-    for label, pid in targets:
-        with contextlib.suppress(ProcessLookupError):
-            os.kill(pid, signal.SIGTERM)
-            stopped.append(label)
-    left = _wait_gone([pid for _, pid in targets], timeout, clock, sleep)
-    for label, pid in targets:
-        if pid in left:
-            log(f"{label} did not stop within {timeout:g}s; killing it")
-            with contextlib.suppress(ProcessLookupError):
-                os.kill(pid, signal.SIGKILL)
-    _wait_gone(left, 5.0, clock, sleep)
-    return stopped
-
-
-def find_port(preferred: int, host: str = "127.0.0.1") -> int:
-    """``preferred`` if nothing listens there, else a free port the kernel picks."""
-    for port in (preferred, 0):
-        with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as probe:
-            probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-            try:
-                probe.bind((host, port))
-            except OSError:
-                continue
-            bound: int = probe.getsockname()[1]
-            return bound
-    raise HeadwayError(f"no free TCP port on {host}", hint="stop something that listens there")
 
 
 def host_plan(count: int, address_prefix: str = DEFAULT_ADDRESS_PREFIX) -> list[tuple[str, str]]:
@@ -301,14 +339,6 @@ def host_plan(count: int, address_prefix: str = DEFAULT_ADDRESS_PREFIX) -> list[
     return [(f"host-{i:0{width}d}", f"{address_prefix}.{i}") for i in range(1, count + 1)]
 
 
-def _tail(path: Path, lines: int = 8) -> str:
-    try:
-        text = path.read_text("utf-8", errors="replace")
-    except OSError:
-        return ""
-    return "\n".join(text.splitlines()[-lines:])
-
-
 def _child_env() -> dict[str, str]:
     env = {k: v for k, v in os.environ.items() if k not in TOKEN_ENV}
     env["PYTHONUNBUFFERED"] = "1"
@@ -323,30 +353,60 @@ def fleet_up(
     hosts: int,
     *,
     port: int = DEFAULT_PORT,
+    traffic_port: int = DEFAULT_TRAFFIC_PORT,
     address_prefix: str = DEFAULT_ADDRESS_PREFIX,
+    pools: tuple[str, str] | None = None,
+    strategy: SampleStrategy | None = None,
     timeout: float | None = None,
     clock: Clock | None = None,
     sleep: Callable[[float], None] = time.sleep,
     log: Log = _quiet,
 ) -> Fleet:
-    """Start a server and ``hosts`` agents; return once every host is healthy on the release.
+    """Start a server, an HAProxy and ``hosts`` agents; return once every host is healthy on
+    the release and HAProxy sends requests to exactly the hosts that should serve.
 
-    On any failure, what was started is stopped again (logs stay in ``state_dir``).
+    ``strategy`` replaces the sample service's rolling one; with ``pools`` it defaults to
+    `blue_green_strategy`. On any failure, what was started is stopped again (logs stay in
+    ``state_dir``).
     """
     clock = clock or SystemClock()
     plan = host_plan(hosts, address_prefix)
+    if pools is not None:
+        assign_pools([name for name, _ in plan], pools)  # refuses a single host early
+        strategy = strategy or blue_green_strategy(pools)
+        if isinstance(strategy, BlueGreenStrategy) and tuple(strategy.pools) != pools:
+            raise SpecError(
+                f"the strategy's pools {strategy.pools} differ from --pools {pools}",
+                hint="give the same two pool names to both",
+            )
+    elif isinstance(strategy, BlueGreenStrategy):
+        raise SpecError("a blue-green fleet needs two pools", hint="pass --pools blue,green")
     state_dir = state_dir.resolve()
     running = load_fleet(state_dir)
     if running is not None and (
-        _is_headway(running.server_pid) or any(_is_headway(h.pid) for h in running.hosts)
+        is_headway(running.server_pid)
+        or any(is_headway(h.pid) for h in running.hosts)
+        or balancer.is_haproxy(running.haproxy_pid, running.haproxy_dir / "haproxy.cfg")
     ):
         raise Conflict(
             f"a fleet already runs from {state_dir} (server {running.server})",
             hint=f"stop it first: headway fleet down --state-dir {state_dir}",
         )
+    _check_free(plan, sample_spec().port)
     state_dir.mkdir(parents=True, exist_ok=True)
     try:
-        return _start(state_dir, plan, port, timeout or 60.0 + 2.0 * hosts, clock, sleep, log)
+        return _start(
+            state_dir,
+            plan,
+            port,
+            traffic_port,
+            pools,
+            strategy,
+            timeout or 60.0 + 2.0 * hosts,
+            clock,
+            sleep,
+            log,
+        )
     except BaseException:
         log("start-up failed; stopping what was started")
         fleet_down(state_dir, clock=clock, sleep=sleep)
@@ -357,6 +417,9 @@ def _start(
     state_dir: Path,
     plan: list[tuple[str, str]],
     preferred_port: int,
+    traffic_port: int,
+    pools: tuple[str, str] | None,
+    strategy: SampleStrategy | None,
     timeout: float,
     clock: Clock,
     sleep: Callable[[float], None],
@@ -374,17 +437,31 @@ def _start(
         server_log,
         env,
     )
-    fleet = Fleet(server=url, token="", state_dir=state_dir, server_pid=server_pid)
+    fleet = Fleet(server=url, token="", state_dir=state_dir, server_pid=server_pid, pools=pools)
     _save_fleet(fleet)
+
+    socket_path = balancer.socket_path_for(state_dir)
+    proxy = balancer.FleetHAProxy(state_dir, find_port(traffic_port), socket_path)
+    log(f"starting HAProxy on {proxy.url} (stats socket: {socket_path})")
+    haproxy_pid = balancer.start_detached(proxy, spawn, env, clock=clock, sleep=sleep)
+    fleet = Fleet(
+        server=url, token="", state_dir=state_dir, server_pid=server_pid, pools=pools,
+        traffic=proxy.url, haproxy_pid=haproxy_pid, haproxy_socket=str(socket_path),
+    )
+    _save_fleet(fleet)
+
     _wait_server(url, server_pid, server_log, clock, sleep, timeout=30.0)
     tokens = _read_tokens(server_state / "tokens.json", server_log)
-    fleet = Fleet(server=url, token=tokens["api"], state_dir=state_dir, server_pid=server_pid)
+    fleet = replace(fleet, token=tokens["api"])
     _save_fleet(fleet)
 
     with ApiClient(url, fleet.token, timeout=30.0) as client:
-        spec = sample_spec()
+        spec = fleet_service_spec(socket_path, strategy)
         client.apply_service(spec.model_dump(mode="json"))
-        log(f"applied service {spec.name}")
+        fleet.spec_path.write_text(
+            yaml.safe_dump(spec.model_dump(mode="json"), sort_keys=False), encoding="utf-8"
+        )
+        log(f"applied service {spec.name} ({spec.strategy.type.value}, behind HAProxy)")
         if not client.list_releases(spec.name):
             release = publish_sample_release(client, spec.name, "v1", state_dir / "artifacts")
             log(f"created release {release.service} {release.version}")
@@ -395,32 +472,73 @@ def _start(
                 hint=f"see {server_log}",
             )
 
+        pool_of = assign_pools([name for name, _ in plan], pools) if pools else {}
         started: list[FleetHost] = []
         agent_env = {**env, "HEADWAY_AGENT_TOKEN": tokens["agent"]}
         for name, address in plan:
             host_dir = state_dir / "hosts" / name
+            labels = [f"service={spec.name}"]
+            if name in pool_of:
+                labels.append(f"{POOL_LABEL}={pool_of[name]}")
             pid = spawn(
                 [sys.executable, "-m", "headway", "agent", "--server", url, "--name", name,
-                 "--address", address, "--label", f"service={spec.name}",
+                 "--address", address, *(arg for label in labels for arg in ("--label", label)),
                  "--state-dir", str(host_dir)],
                 host_dir / "agent.log",
                 agent_env,
             )
-            started.append(FleetHost(name=name, address=address, pid=pid, state_dir=host_dir))
-            fleet = Fleet(
-                server=url,
-                token=fleet.token,
-                state_dir=state_dir,
-                service=spec.name,
-                server_pid=server_pid,
-                release=target,
-                hosts=tuple(started),
+            started.append(
+                FleetHost(name=name, address=address, pid=pid, state_dir=host_dir, pool=pool_of.get(name))
             )
+            fleet = replace(fleet, service=spec.name, release=target, hosts=tuple(started))
             _save_fleet(fleet)
         log(f"started {len(started)} agents; waiting for every host to run v{target} healthily")
+        deadline = clock.monotonic() + timeout
         wait_hosts(client, fleet, target, timeout=timeout, clock=clock, sleep=sleep)
-    log(f"fleet up: {len(started)} hosts healthy on v{target}")
+
+    live = fleet.pool_hosts(pools[0]) if pools else list(fleet.hosts)
+    log(f"waiting for HAProxy to send requests to {len(live)} host(s)")
+    balancer.wait_serving(
+        socket_path,
+        [h.name for h in live],
+        [h.name for h in fleet.hosts],
+        timeout=max(10.0, deadline - clock.monotonic()),
+        clock=clock,
+        sleep=sleep,
+        check=lambda: _check_alive(fleet),
+    )
+    log(f"fleet up: {len(started)} hosts healthy on v{target}; traffic at {fleet.traffic}")
     return fleet
+
+
+def _check_free(plan: list[tuple[str, str]], port: int) -> None:
+    """Refuse hosts whose address:port something already listens on: another fleet's app
+    there would answer this fleet's traffic (and this fleet's app could not start)."""
+    taken = []
+    for name, address in plan:
+        with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as probe:
+            probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+            try:
+                probe.bind((address, port))
+            except OSError:
+                taken.append(f"{name} ({address}:{port})")
+    if taken:
+        raise Conflict(
+            f"something already listens where hosts would serve: {', '.join(taken[:5])}"
+            + (f" and {len(taken) - 5} more" if len(taken) > 5 else ""),
+            hint="another local fleet may run there: stop it, or pick other addresses with "
+            "--address-prefix (e.g. 127.0.40)",
+        )
+
+
+def _check_alive(fleet: Fleet) -> None:
+    if not is_alive(fleet.server_pid):
+        raise HeadwayError(
+            f"headway server exited; its last lines:\n{tail(fleet.server_log)}",
+            hint=f"see {fleet.server_log}",
+        )
+    if not balancer.is_haproxy(fleet.haproxy_pid, fleet.haproxy_dir / "haproxy.cfg"):
+        raise HeadwayError("HAProxy exited", hint=f"see {fleet.haproxy_dir / 'haproxy.log'}")
 
 
 def _wait_server(
@@ -431,7 +549,7 @@ def _wait_server(
         while True:
             if not is_alive(pid):
                 raise HeadwayError(
-                    f"headway server exited during start-up; its last lines:\n{_tail(log_path)}",
+                    f"headway server exited during start-up; its last lines:\n{tail(log_path)}",
                     hint=f"see {log_path}",
                 )
             try:
@@ -459,12 +577,12 @@ def _read_tokens(path: Path, server_log: Path) -> dict[str, str]:
 
 
 def _host_ready(host: HostView | None, release: int) -> bool:
-    return (
-        host is not None
-        and host.connected
-        and host.observed_release == release
-        and host.health is Health.HEALTHY
-    )
+    """Connected and healthy on the release the server wants it on (``release`` for a new
+    host; a blue-green idle pool may rightly stay on the previous one)."""
+    if host is None or not host.connected or host.health is not Health.HEALTHY:
+        return False
+    wanted = host.desired_release if host.desired_release is not None else release
+    return host.observed_release == wanted
 
 
 def wait_hosts(
@@ -476,7 +594,8 @@ def wait_hosts(
     clock: Clock | None = None,
     sleep: Callable[[float], None] = time.sleep,
 ) -> list[HostView]:
-    """Poll until every host of ``fleet`` is connected and healthy on ``release``."""
+    """Poll until every host of ``fleet`` is connected and healthy on its desired release
+    (``release`` unless the server says otherwise)."""
     clock = clock or SystemClock()
     deadline = clock.monotonic() + timeout
     while True:
@@ -527,6 +646,15 @@ def _app_pid(host_dir: Path) -> int:
         return 0
 
 
+def _haproxy_pid(state_dir: Path, fleet: Fleet | None) -> int:
+    if fleet is not None and fleet.haproxy_pid:
+        return fleet.haproxy_pid
+    try:  # fleet.json may predate HAProxy's start when start-up failed half-way
+        return int((state_dir / "haproxy" / "haproxy.pid").read_text("utf-8").strip())
+    except (OSError, ValueError):
+        return 0
+
+
 def fleet_down(
     state_dir: Path,
     *,
@@ -535,11 +663,12 @@ def fleet_down(
     sleep: Callable[[float], None] = time.sleep,
     log: Log = _quiet,
 ) -> DownResult:
-    """Stop the agents, then their apps, then the server of the fleet in ``state_dir``.
+    """Stop the agents, then their apps, then HAProxy and the server of the fleet in
+    ``state_dir``.
 
     SIGTERM first, SIGKILL after ``timeout``. Idempotent: a second call stops nothing.
-    Only processes that are still what the record says (a headway process, or
-    an app running from the host's state dir) are signalled.
+    Only processes that are still what the record says (a headway process, an app
+    running from the host's state dir, HAProxy with this fleet's config) are signalled.
     """
     clock = clock or SystemClock()
     state_dir = state_dir.resolve()
@@ -548,24 +677,34 @@ def fleet_down(
     stopped: list[str] = []
 
     agents = [
-        (f"agent {h.name} (pid {h.pid})", h.pid) for h in (fleet.hosts if fleet else ()) if _is_headway(h.pid)
+        (f"agent {h.name} (pid {h.pid})", h.pid) for h in (fleet.hosts if fleet else ()) if is_headway(h.pid)
     ]
     if agents:
         log(f"stopping {len(agents)} agents")
-        stopped += _stop(agents, timeout, clock, sleep, log)
+        stopped += stop(agents, timeout, clock, sleep, log)
 
     apps = [
         (f"app on {d.name} (pid {pid})", pid)
         for d in host_dirs
-        if (pid := _app_pid(d)) and _is_app_of(pid, d)
+        if (pid := _app_pid(d)) and is_app_of(pid, d)
     ]
     if apps:
         log(f"stopping {len(apps)} apps")
-        stopped += _stop(apps, timeout, clock, sleep, log)
+        stopped += stop(apps, timeout, clock, sleep, log)
 
-    if fleet is not None and _is_headway(fleet.server_pid):
+    haproxy_pid = _haproxy_pid(state_dir, fleet)
+    if balancer.is_haproxy(haproxy_pid, state_dir / "haproxy" / "haproxy.cfg"):
+        log(f"stopping HAProxy (pid {haproxy_pid})")
+        stopped += stop([(f"haproxy (pid {haproxy_pid})", haproxy_pid)], timeout, clock, sleep, log)
+    socket_path = balancer.socket_path_for(state_dir)
+    if socket_path.parent != state_dir / "haproxy":  # the short path under /tmp: tidy it away
+        with contextlib.suppress(OSError):
+            socket_path.unlink(missing_ok=True)
+            socket_path.parent.rmdir()
+
+    if fleet is not None and is_headway(fleet.server_pid):
         log(f"stopping the server (pid {fleet.server_pid})")
-        stopped += _stop(
+        stopped += stop(
             [(f"server (pid {fleet.server_pid})", fleet.server_pid)], timeout, clock, sleep, log
         )
     return DownResult(stopped=stopped)
