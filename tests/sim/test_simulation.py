@@ -30,10 +30,7 @@ ROOT = Path(__file__).resolve().parents[2]
 
 # Open engine problems the simulation found, by the name `headway.sim.monitor.diagnose` gives
 # the stuck rollout. Remove a line once the engine is fixed.
-KNOWN_ENGINE_PROBLEMS = (
-    "verify-without-verdict",  # promote while paused at a verification step: no verdict is ever asked
-    "admit-never-retried",  # a repeated failed admit answer drops the retry: resume never readmits
-)
+KNOWN_ENGINE_PROBLEMS: tuple[str, ...] = ()
 
 
 def run_seed(seed: int, hosts: int, mode: str, profile: str) -> str:

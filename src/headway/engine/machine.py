@@ -269,6 +269,8 @@ def _tick(ctx: Ctx, event: EngineEvent) -> None:
                 f" on v{host.next_release or host.desired_release} within the progress deadline "
                 f"of {s.policy.progress_deadline:g}s ({host.phase.value}; last seen: {last})",
             )
+        elif host.pending_action:
+            host.pending_action = ""  # a failed host's admit never answered: stop waiting for it
         pr.refresh(s, host)
     if (
         s.phase in (P.RUNNING, P.ROLLING_BACK)
@@ -299,29 +301,54 @@ def _traffic(ctx: Ctx, event: EngineEvent) -> None:
     """The balancer answered a drain or an admit."""
     assert isinstance(event, TrafficDone)
     s = ctx.s
-    pending = s.pending_traffic.pop(event.action_id, None)
-    if pending is None:
-        return  # an answer already counted (an action executed twice)
+    pending = s.pending_traffic.get(event.action_id)
+    if pending is None or pending["failed"]:
+        return  # an answer already counted (an action executed twice); a failed one waits for resume
+    del s.pending_traffic[event.action_id]
     host = s.hosts.get(event.host)
     kind, purpose = pending["kind"], pending["purpose"]
+    if purpose == "host" and (
+        host is None or host.pending_action != event.action_id or host.phase in (H.FAILED, H.REVERT_FAILED)
+    ):
+        _traffic_late(ctx, host, str(kind), event)
+        return
     if not event.ok:
         ctx.record("traffic.failed", f"{kind} of {event.host} failed: {event.detail}", event.host)
         _traffic_failed(ctx, pending, event)
         return
     if kind == "drain":
         ctx.record("host.drained", f"{event.host}: {event.detail or 'drained'}", event.host)
-    if purpose == "shift":
+    if purpose in ("shift", "shift_back"):
         if host is not None:
             host.admitted = kind == "admit"
         s.shift_open -= 1
-    elif purpose == "host" and host is not None and host.pending_action == event.action_id:
+        if purpose == "shift" and s.phase is P.ROLLING_BACK:
+            pr.shift_back_again(ctx, event.host)
+    elif purpose == "host" and host is not None:
         if host.phase in (H.DRAINING, H.REVERT_DRAINING):
             pr.host_drained(ctx, host)
         elif host.phase in (H.ADMITTING, H.REVERT_ADMITTING):
-            host.admitted = True
-            pr.host_serving(ctx, host)
+            pr.host_admitted(ctx, host)
         pr.refresh(s, host)
     pr.advance(ctx)
+
+
+def _traffic_late(ctx: Ctx, host: HostTrack | None, kind: str, event: TrafficDone) -> None:
+    """The answer for a host that stopped waiting for it (it failed, or timed out, meanwhile).
+
+    Nothing waits on it and nothing is retried; only where the balancer has the host
+    matters now: a drain that did take it out, or an admit that did not put it back, means
+    it must be readmitted in the end (I5); an admit that did put it back means it must be
+    drained before it changes again.
+    """
+    if host is not None and (event.ok or kind == "admit"):
+        host.admitted = event.ok and kind == "admit"
+    outcome = "done" if event.ok else f"failed: {event.detail}"
+    ctx.record("traffic.late", f"{kind} of {event.host} answered late: {outcome}", event.host)
+    if host is not None and host.pending_action == event.action_id:
+        host.pending_action = ""  # a failed host waited for this answer
+        host.deadline = None
+        pr.advance(ctx)
 
 
 def _traffic_failed(ctx: Ctx, pending: dict[str, object], event: TrafficDone) -> None:
@@ -337,8 +364,11 @@ def _traffic_failed(ctx: Ctx, pending: dict[str, object], event: TrafficDone) ->
     host = s.hosts.get(event.host)
     for_host = pending["purpose"] == "host" and host is not None and host.pending_action == event.action_id
     if s.phase is P.ROLLING_BACK:
-        if pending["purpose"] == "shift":
+        if pending["purpose"] == "shift_back":
             pr.finish(ctx, P.FAILED, f"{s.reason}; shifting traffic back failed: {event.detail}")
+        elif pending["purpose"] == "shift":  # the shift under way did not happen: one less to wait for
+            s.shift_open -= 1
+            pr.advance(ctx)
         elif for_host and host is not None:
             pr.issue_traffic(ctx, host.name, str(pending["kind"]), purpose="host")
         return
@@ -478,8 +508,11 @@ def _promote(ctx: Ctx, event: EngineEvent) -> None:
         s.phase = P.RUNNING
         s.reason = ""
         _retry_failed_traffic(ctx)
-    if isinstance(current, Pause):
+    if isinstance(current, Pause | Verify):
+        # an operator's promote at a verification step goes on without its verdict
         ctx.record("rollout.promoted", f"promoted past step {s.step_index + 1} ({current.describe()})")
+        s.analysis_pending = ""
+        s.waiting_promote = False
         pr.next_step(ctx)
     else:
         ctx.record("rollout.promoted", "promoted: resumed")

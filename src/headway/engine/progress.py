@@ -105,10 +105,51 @@ def send(ctx: Ctx, host: HostTrack, release: int, phase: HostPhase) -> None:
 
 
 def host_drained(ctx: Ctx, host: HostTrack) -> None:
+    s = ctx.s
     host.admitted = False
     host.pending_action = ""
+    reverting = host.phase is H.REVERT_DRAINING
+    if not reverting and s.phase is P.ROLLING_BACK and s.from_release is not None:
+        # the rollback began while it drained: it never ran the target and never will;
+        # it is told the previous release (no restart: it runs it) and readmitted
+        reverting = True
+        host.next_release = s.from_release
+        s.revert_open += 1
     assert host.next_release is not None
-    send(ctx, host, host.next_release, H.REVERTING if host.phase is H.REVERT_DRAINING else H.UPDATING)
+    send(ctx, host, host.next_release, H.REVERTING if reverting else H.UPDATING)
+
+
+def healthy_on_desired(host: HostTrack) -> bool:
+    """Seen connected and healthy on what it was last told."""
+    return (
+        host.connected
+        and host.health is Health.HEALTHY
+        and host.observed_release == host.desired_release
+        and host.observed_generation >= host.generation
+    )
+
+
+def host_admitted(ctx: Ctx, host: HostTrack) -> None:
+    """Back in load balancing. If it stopped being healthy while the admit was under way,
+    it is not verified from now: it waits to be healthy again (reliability 18), or fails."""
+    s = ctx.s
+    host.admitted = True
+    if healthy_on_desired(host):
+        host_serving(ctx, host)
+        return
+    host.pending_action = ""
+    if host.health is Health.FAILED and host.observed_generation >= host.generation:
+        host_failed(ctx, host, host.detail or "the agent reported the release failed")
+        return
+    host.phase = H.REVERTING if host.phase is H.REVERT_ADMITTING else H.UPDATING
+    if host.deadline is None:
+        s.push_timer(ctx.now + s.policy.progress_deadline, host)
+    ctx.record(
+        "host.flapped",
+        f"{host.name} stopped being healthy while it was readmitted "
+        f"({host.health.value if host.connected else 'disconnected'}); waiting again",
+        host.name,
+    )
 
 
 def host_healthy(ctx: Ctx, host: HostTrack) -> None:
@@ -158,7 +199,13 @@ def host_done(ctx: Ctx, host: HostTrack) -> None:
 def host_failed(ctx: Ctx, host: HostTrack, why: str) -> None:
     s = ctx.s
     host.deadline = None
-    host.pending_action = ""
+    if host.pending_action and host.phase in (H.ADMITTING, H.REVERT_ADMITTING):
+        # its admit may still land: until it answers (or a progress deadline passes) it
+        # counts as in traffic, and a rollback waits for the answer before changing it
+        host.admitted = True
+        s.push_timer(ctx.now + s.policy.progress_deadline, host)
+    else:
+        host.pending_action = ""
     if host.phase in REVERTING_PHASES:
         host.phase = H.REVERT_FAILED
         s.revert_open -= 1
@@ -253,13 +300,27 @@ def issue_analysis(ctx: Ctx, verify: Verify) -> None:
     ctx.actions.append(Analyze(action_id, canary, baseline, verify.comparative))
 
 
-def issue_shift(ctx: Ctx, shift: Shift) -> None:
+def issue_shift(ctx: Ctx, shift: Shift, purpose: str = "shift") -> None:
     s = ctx.s
     s.shift_open = len(shift.admit) + len(shift.drain)
     for name, weight in shift.admit:
-        issue_traffic(ctx, name, "admit", purpose="shift", weight=weight)
+        issue_traffic(ctx, name, "admit", purpose=purpose, weight=weight)
     for name in shift.drain:
-        issue_traffic(ctx, name, "drain", purpose="shift")
+        issue_traffic(ctx, name, "drain", purpose=purpose)
+
+
+def shift_back_again(ctx: Ctx, name: str) -> None:
+    """A shift that was under way when the rollback began has just set ``name`` at the
+    balancer, maybe after the shift back did: set it as the shift back wants, again."""
+    s = ctx.s
+    assert s.shift_back is not None
+    for admitted, weight in s.shift_back.admit:
+        if admitted == name:
+            issue_traffic(ctx, name, "admit", purpose="shift_back", weight=weight)
+            s.shift_open += 1
+    if name in s.shift_back.drain:
+        issue_traffic(ctx, name, "drain", purpose="shift_back")
+        s.shift_open += 1
 
 
 def next_step(ctx: Ctx) -> None:
@@ -402,7 +463,10 @@ def begin_rollback(ctx: Ctx, reason: str, final: RolloutStatus) -> None:
     s.retry_hosts.clear()
     if s.shift_back is not None:
         ctx.record("rollout.rolling_back", f"shifting traffic back to the old pool: {reason}")
-        issue_shift(ctx, s.shift_back)
+        # a shift under way still answers: the rollback waits for those answers too
+        under_way = sum(p["purpose"] == "shift" and not p["failed"] for p in s.pending_traffic.values())
+        issue_shift(ctx, s.shift_back, purpose="shift_back")
+        s.shift_open += under_way
         return
     touched = [name for name in s.touched if s.hosts[name].phase in TOUCHED]
     # hosts already out of service go first: reverting them costs no capacity
@@ -427,7 +491,7 @@ def advance_rollback(ctx: Ctx) -> None:
         if host.phase not in TOUCHED and host.phase is not H.PENDING:
             s.cursor += 1
             continue
-        if host.phase in (H.DRAINING, H.ADMITTING) and host.pending_action:
+        if host.pending_action:
             return  # a balancer call for it is under way; wait for its answer
         if host.available and s.unavailable >= s.policy.max_unavailable:
             set_blocked(
@@ -469,9 +533,11 @@ def finish(ctx: Ctx, status: RolloutStatus, reason: str) -> None:
     s.retry_hosts.clear()
     if s.traffic and s.shift_back is None:
         # I5: no host is left drained when a rollout ends (a broken one is kept out by the
-        # balancer's own health checks, not by a drain nobody will lift)
+        # balancer's own health checks, not by a drain nobody will lift); a drain still
+        # under way may yet take its host out, so that host is readmitted too
+        draining = {p["host"] for p in s.pending_traffic.values() if p["kind"] == "drain" and not p["failed"]}
         for host in s.hosts.values():
-            if host.managed and not host.admitted:
+            if host.managed and (not host.admitted or host.name in draining):
                 host.admitted = True
                 issue_traffic(ctx, host.name, "admit", purpose="final")
     if status is P.SUCCEEDED:
