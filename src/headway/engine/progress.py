@@ -134,6 +134,7 @@ def host_admitted(ctx: Ctx, host: HostTrack) -> None:
     it is not verified from now: it waits to be healthy again (reliability 18), or fails."""
     s = ctx.s
     host.admitted = True
+    ctx.record("host.admitted", f"{host.name}: back in load balancing", host.name)
     if healthy_on_desired(host):
         host_serving(ctx, host)
         return

@@ -167,7 +167,7 @@ class TrafficDriver:
                     not serve
                     and live_pool is not None
                     and host.labels.get(_pool_label(spec)) != live_pool
-                    and current.admin_state is ServerState.READY
+                    and current.admin_state is not ServerState.MAINT
                     and current.current_sessions == 0
                 ):
                     await backend.set_state(host.name, ServerState.MAINT)
