@@ -17,8 +17,24 @@ shows up at the step that caused it.
   connected and healthy on what it was told, without a break, for
   ``min_healthy_time`` (`_healthy_since` follows the reports the engine is fed).
 
+With a load balancer in front (``traffic``), the ledger also keeps a model of
+the balancer, moved only by the answers the engine is fed (`TrafficDone`):
+
+- a host leaves service by its ``Drain`` (not its SetDesired): I1 and the
+  capacity guard are checked at the moment of each Drain of a host in service;
+- reliability 20: a SetDesired for a host the rollout drains is issued only
+  once the balancer confirmed its drain, and while no admit of it is under way
+  (the app is never stopped in rotation); an admit of a failed host that has
+  not answered within a progress deadline of the failure counts as lost;
+- an ``Admit`` of a host (other than the final ones of an ended rollout) comes
+  only after the host was seen healthy on what it was last told;
+- I5 when the rollout ends: every host the answers left drained, or with a
+  drain still under way, has an Admit under way issued after it (blue-green's
+  drained pool excepted: there the last shift decides, and a rollback shifts
+  back without touching a host).
+
 `check_state` checks the state's counters against a recount, and `check_end`
-checks I2 once the rollout has ended.
+checks I2 and I5 once the rollout has ended.
 """
 
 from __future__ import annotations
@@ -28,16 +44,27 @@ from dataclasses import dataclass, field
 
 from headway.domain.models import Health, RolloutStatus
 from headway.engine import machine
-from headway.engine.actions import Action, RecordEvent, SetDesired
-from headway.engine.events import EngineEvent, HostObserved, OperatorCommand, event_kind
-from headway.engine.plan import Batch
+from headway.engine.actions import Action, Admit, Drain, RecordEvent, SetDesired, SetLivePool
+from headway.engine.events import (
+    EngineEvent,
+    HostObserved,
+    LoadReport,
+    OperatorCommand,
+    TrafficDone,
+    event_kind,
+)
+from headway.engine.plan import Batch, Shift
 from headway.engine.state import HostPhase, HostTrack, RolloutState
 from headway.engine.table import TABLE
 
 P = RolloutStatus
 H = HostPhase
 
-OUT_OF_SERVICE_PHASES = frozenset({H.UPDATING, H.VERIFYING, H.REVERTING, H.FAILED, H.REVERT_FAILED})
+REVERT_PHASES = frozenset({H.REVERT_DRAINING, H.REVERTING, H.REVERT_ADMITTING})
+OUT_OF_SERVICE_PHASES = (
+    frozenset({H.DRAINING, H.UPDATING, H.ADMITTING, H.VERIFYING, H.FAILED, H.REVERT_FAILED})
+    | REVERT_PHASES
+)
 
 # the host phase a record tells us a host has just entered
 _PHASE_OF_RECORD = {
@@ -50,6 +77,9 @@ _PHASE_OF_RECORD = {
     "host.updating": H.UPDATING,
     "host.reverting": H.REVERTING,
 }
+_TERMINAL_RECORDS = frozenset(
+    {"rollout.succeeded", "rollout.failed", "rollout.rolled_back", "rollout.aborted"}
+)
 
 # the audit record a phase change must come with
 _RECORD_OF_PHASE = {
@@ -80,7 +110,7 @@ def check_state(state: RolloutState) -> None:
         up = host_available(host)
         assert host.available == up, f"{host.name}: available flag {host.available}, truly {up}"
         recount += not up
-        reverting += host.phase is H.REVERTING
+        reverting += host.phase in REVERT_PHASES
     assert state.unavailable == recount, (
         f"state.unavailable is {state.unavailable}, a recount gives {recount}"
     )
@@ -117,18 +147,43 @@ class Ledger:
     action_ids: set[str] = field(default_factory=set)
     done: set[str] = field(default_factory=set)
     failed: set[str] = field(default_factory=set)
+    failed_at: dict[str, float] = field(default_factory=dict)
     sent_target: set[str] = field(default_factory=set)  # hosts told to run to_release
+    sent_previous: set[str] = field(default_factory=set)  # hosts told to go back
     actions: list[Action] = field(default_factory=list)
     # reliability 18: since when each host has been seen healthy on what it was told
     healthy_since: dict[str, float] = field(default_factory=dict)
     seen_generation: dict[str, int] = field(default_factory=dict)
     now: float = 0.0
+    # the load balancer, as far as the answers fed to the engine tell
+    traffic: bool = False  # a balancer fronts the service
+    blue_green: bool = False  # drains and admits are traffic shifts, not host changes
+    idle: frozenset[str] = frozenset()  # hosts changed away from traffic (no drain, no budget)
+    max_rps: float | None = None
+    load: float | None = None
+    out_of_rotation: set[str] = field(default_factory=set)  # drains answered ok, not readmitted
+    outstanding: dict[str, tuple[str, str]] = field(default_factory=dict)  # id -> (kind, host)
+    weights: dict[str, int | None] = field(default_factory=dict)  # admit id -> weight
+    weight: dict[str, int | None] = field(default_factory=dict)  # host -> weight it was admitted at
+    answers: dict[str, bool] = field(default_factory=dict)  # id -> ok
+    traffic_log: dict[str, list[tuple[str, str]]] = field(default_factory=dict)  # host -> (kind, id)
+    seen_healthy: set[str] = field(default_factory=set)  # healthy on what it was last told
+    live_pool: list[str] = field(default_factory=list)  # SetLivePool actions
 
     @classmethod
     def start(cls, decision: machine.Decision) -> Ledger:
         """Adopt a fresh rollout: the hosts' desired state before it, then its first actions."""
         state = decision.state
-        ledger = cls(max_unavailable=state.policy.max_unavailable, now=state.created_at)
+        ledger = cls(
+            max_unavailable=state.policy.max_unavailable,
+            now=state.created_at,
+            traffic=state.traffic,
+            blue_green=state.shift_back is not None,
+            idle=frozenset(
+                n for s in state.plan if isinstance(s, Batch) and not s.traffic for n in s.hosts
+            ),
+            max_rps=state.policy.max_rps_per_host,
+        )
         pre: dict[str, HostPhase] = {}
         for host in state.hosts.values():
             ledger.seen_generation[host.name] = host.observed_generation
@@ -148,6 +203,10 @@ class Ledger:
         self.now = now
         if isinstance(event, HostObserved):
             self._follow_health(event)
+        elif isinstance(event, TrafficDone):
+            self._follow_balancer(event)
+        elif isinstance(event, LoadReport) and not before_phase.terminal:
+            self.load = max(0.0, event.rps)
         self._account(state, pre, decision.actions, before_phase, event)
         check_state(state)
         return decision
@@ -179,15 +238,25 @@ class Ledger:
                         f"I4: {before_phase.value} -> {state.phase.value} without a "
                         f"{' or '.join(wanted)} record"
                     )
-        self._check_i1(state, pre, actions)
+        self._check_i1(state, pre, actions, before_phase)
+        ended = False  # admits after the end record... or in the step that ended it
+        ending = state.phase.terminal and (before_phase is None or not before_phase.terminal)
         for i, action in enumerate(actions):
             if isinstance(action, SetDesired):
                 self._account_send(state, action, actions[i + 1 : i + 2])
+            elif isinstance(action, (Drain, Admit)):
+                self._account_traffic(action, final=ending or ended)
+            elif isinstance(action, SetLivePool):
+                self.live_pool.append(action.pool)
+            elif isinstance(action, RecordEvent) and action.kind in _TERMINAL_RECORDS:
+                ended = True
             elif isinstance(action, RecordEvent) and action.kind in ("host.done", "host.failed"):
                 seen = self.done if action.kind == "host.done" else self.failed
                 if action.host in seen:
                     raise InvariantBroken(f"I3: {action.host} reported {action.kind} twice")
                 seen.add(action.host)
+                if action.kind == "host.failed":
+                    self.failed_at[action.host] = self.now
                 if action.kind == "host.done" and action.host in self.issued_to:
                     since = self.healthy_since.get(action.host)
                     needed = state.policy.min_healthy_time
@@ -219,6 +288,35 @@ class Ledger:
             self.healthy_since.pop(name, None)
         else:
             self.healthy_since.setdefault(name, self.now)
+            self.seen_healthy.add(name)
+
+    def _follow_balancer(self, event: TrafficDone) -> None:
+        """The balancer did (ok) or did not do what the answered action asked."""
+        sent = self.outstanding.pop(event.action_id, None)
+        if sent is None:
+            return  # answered before: an action executed twice changes nothing more
+        kind, host = sent
+        if host != event.host:
+            raise InvariantBroken(f"answer for {event.host} to {kind} {event.action_id} of {host}")
+        self.answers[event.action_id] = event.ok
+        if event.ok and kind == "drain":
+            self.out_of_rotation.add(host)
+        elif event.ok:
+            self.out_of_rotation.discard(host)
+            self.weight[host] = self.weights[event.action_id]
+
+    def _account_traffic(self, action: Drain | Admit, *, final: bool) -> None:
+        kind = "drain" if isinstance(action, Drain) else "admit"
+        if not self.traffic and not self.blue_green:
+            raise InvariantBroken(f"{kind} {action.host} for a service with no load balancer")
+        self.outstanding[action.action_id] = (kind, action.host)
+        if isinstance(action, Admit):
+            self.weights[action.action_id] = action.weight
+        self.traffic_log.setdefault(action.host, []).append((kind, action.action_id))
+        if kind == "admit" and not final and not self.blue_green and action.host not in self.seen_healthy:
+            raise InvariantBroken(
+                f"{action.host} admitted before it was seen healthy on v{self.desired.get(action.host)}"
+            )
 
     def _account_send(self, state: RolloutState, action: SetDesired, after: list[Action]) -> None:
         host = action.host
@@ -238,70 +336,122 @@ class Ledger:
             raise InvariantBroken(f"I4: SetDesired for {host} without its audit record")
         if action.release not in (state.to_release, state.from_release):
             raise InvariantBroken(f"I2: {host} told to run v{action.release}")
+        if self.drains_hosts and host not in self.idle:
+            if host not in self.out_of_rotation:
+                raise InvariantBroken(
+                    f"reliability 20: {host} told to run v{action.release} before the balancer "
+                    "confirmed its drain"
+                )
+            failed_at = self.failed_at.get(host)
+            given_up = failed_at is not None and self.now >= failed_at + state.policy.progress_deadline
+            if not given_up and any(sent == ("admit", host) for sent in self.outstanding.values()):
+                raise InvariantBroken(
+                    f"reliability 20: {host} told to run v{action.release} while an admit of it "
+                    "is under way (it may rejoin traffic mid-change)"
+                )
+        if self.blue_green and host not in self.idle:
+            raise InvariantBroken(f"blue-green changed {host}, outside the idle pool")
         self.issued.add((host, action.generation))
         self.issued_to.add(host)
         self.healthy_since.pop(host, None)
+        self.seen_healthy.discard(host)
         self.generation[host] = action.generation
         self.desired[host] = action.release
         if action.release == state.to_release:
             self.sent_target.add(host)
+        else:
+            self.sent_previous.add(host)
+
+    @property
+    def drains_hosts(self) -> bool:
+        """Hosts leave service by a Drain before they change (not blue-green's shifts)."""
+        return self.traffic and not self.blue_green
 
     def _check_i1(
-        self, state: RolloutState, pre: dict[str, HostPhase], actions: list[Action]
+        self,
+        state: RolloutState,
+        pre: dict[str, HostPhase],
+        actions: list[Action],
+        before_phase: RolloutStatus | None,
     ) -> None:
-        """I1 at the moment of each SetDesired.
+        """I1 (and the capacity guard) at the moment each host is taken out of service.
 
+        A host is taken out by its SetDesired, or with a balancer by its Drain.
         Health and connectivity only change with the event itself, before the
         engine decides anything; a host's phase changes are each announced by a
-        record. So walking the actions in order from the pre-step phases tells
-        the phase of every host at the moment of each SetDesired, and with it
-        the number of hosts out of service at that moment.
+        record (or its Drain). So walking the actions in order from the pre-step
+        phases tells the phase of every host at the moment of each take-out, and
+        with it the number of hosts out of service at that moment.
         """
         phase = dict(pre)
-        sends: list[tuple[str, bool]] = []  # (host, was available when told)
-        first_send = -1
+        takeouts: list[tuple[str, bool, bool]] = []  # (host, was available, going forward)
+        sends: list[str] = []
+        forward = before_phase in (None, P.RUNNING, P.PAUSED)
+        first = -1
         for i, action in enumerate(actions):
-            if isinstance(action, SetDesired):
-                host = state.hosts[action.host]
-                before = phase.get(action.host, H.PENDING)
-                sends.append((action.host, available(before, host.connected, host.health)))
-                if first_send < 0:
-                    first_send = i
+            drain = isinstance(action, Drain) and self.drains_hosts
+            if isinstance(action, SetDesired) or drain:
+                assert isinstance(action, (SetDesired, Drain))
+                name = action.host
+                host = state.hosts[name]
+                before = phase.get(name, H.PENDING)
+                up = available(before, host.connected, host.health) and name not in self.idle
+                takeouts.append((name, up, forward))
+                phase[name] = H.DRAINING if drain else H.UPDATING
+                if isinstance(action, SetDesired):
+                    sends.append(name)
+                if first < 0:
+                    first = i
+            elif isinstance(action, RecordEvent) and action.kind == "rollout.rolling_back":
+                forward = False
             elif isinstance(action, RecordEvent) and action.kind in _PHASE_OF_RECORD:
                 new = _PHASE_OF_RECORD[action.kind]
-                # after the first send the only other change is a host found already on
+                # after the first take-out the only other change is a host found already on
                 # the target (pending -> done, in service before and after)
                 if (
-                    first_send >= 0
+                    first >= 0
                     and action.kind not in ("host.updating", "host.reverting")
                     and not (action.kind == "host.done" and phase.get(action.host) is H.PENDING)
                 ):
                     raise InvariantBroken(
-                        f"I1 check: {action.kind} for {action.host} after a SetDesired "
+                        f"I1 check: {action.kind} for {action.host} after a host was taken out "
                         "in the same step; the availability walk cannot tell the order"
                     )
                 phase[action.host] = new
-        if not sends:
-            return
-        sent = {name for name, _ in sends}
-        if len(sent) != len(sends):
+        if len(set(sends)) != len(sends):
             raise InvariantBroken(f"I3: one host told twice in one step: {sends}")
+        if not takeouts:
+            return
+        taken = {name for name, _, _ in takeouts}
+        if len(taken) != len(takeouts):
+            raise InvariantBroken(f"one host taken out twice in one step: {takeouts}")
         out = sum(
-            not host_available(h) for name, h in state.hosts.items() if name not in sent
-        ) + sum(not was_up for _, was_up in sends)
-        for name, was_up in sends:
-            if was_up:
-                if out >= self.max_unavailable:
+            not host_available(h) for name, h in state.hosts.items() if name not in taken
+        ) + sum(not was_up for _, was_up, _ in takeouts)
+        total = len(state.hosts)
+        for name, was_up, going_forward in takeouts:
+            if not was_up:
+                continue
+            if out >= self.max_unavailable:
+                raise InvariantBroken(
+                    f"I1: {name} was in service and taken out while {out} host(s) were "
+                    f"already out (max_unavailable={self.max_unavailable})"
+                )
+            if going_forward and self.max_rps is not None and self.load is not None:
+                left = total - out - 1
+                if left <= 0 or self.load / left > self.max_rps:
                     raise InvariantBroken(
-                        f"I1: {name} was in service and taken out while {out} host(s) were "
-                        f"already out (max_unavailable={self.max_unavailable})"
+                        f"capacity guard: {name} taken out with {self.load:g} req/s left to "
+                        f"{left} host(s), above {self.max_rps:g} each"
                     )
-                out += 1
+            out += 1
 
     def check_end(self, state: RolloutState, planned: Iterable[str]) -> None:
-        """I2 (and I3's 'none skipped') once the rollout has ended."""
+        """I2 (and I3's 'none skipped') and I5 once the rollout has ended."""
         assert state.phase.terminal
         for name, release in self.desired.items():
+            if release is None and name not in self.issued_to:
+                continue  # registered with nothing installed, never told anything: as it was
             if release not in (state.to_release, state.from_release):
                 raise InvariantBroken(
                     f"I2: {name} ends desiring v{release}, neither v{state.to_release} "
@@ -323,7 +473,7 @@ class Ledger:
                     raise InvariantBroken(f"I2: succeeded, but {name} runs v{host.observed_release}")
             if failed > state.policy.failure_budget:
                 raise InvariantBroken(f"succeeded with {failed} failed hosts")
-        if state.phase in (P.ROLLED_BACK, P.ABORTED):
+        if state.phase in (P.ROLLED_BACK, P.ABORTED) and not self.blue_green:
             for name in self.sent_target:
                 host = state.hosts[name]
                 if host.phase is not H.REVERTED or self.desired[name] != state.from_release:
@@ -331,3 +481,55 @@ class Ledger:
                         f"I2: {state.phase.value}, but touched host {name} is "
                         f"{host.phase.value} desiring v{self.desired[name]}"
                     )
+        if self.blue_green:
+            self._check_blue_green_end(state)
+        elif self.traffic:
+            self._check_i5()
+
+    def _check_i5(self) -> None:
+        """No host left drained: each host the answers left out of load balancing, or with a
+        drain still under way, has an admit under way, issued after its last such drain."""
+        for name, log in self.traffic_log.items():
+            under_way = [(i, kind) for i, (kind, aid) in enumerate(log) if aid in self.outstanding]
+            last_drain = max((i for i, kind in under_way if kind == "drain"), default=-1)
+            last_admit = max((i for i, kind in under_way if kind == "admit"), default=-1)
+            if (name in self.out_of_rotation or last_drain >= 0) and last_admit <= last_drain:
+                raise InvariantBroken(
+                    f"I5: the rollout ended with {name} left drained (traffic actions: "
+                    f"{[(kind, self.answers.get(aid)) for kind, aid in log]}, answered in order: "
+                    f"{'out' if name in self.out_of_rotation else 'in'})"
+                )
+
+    def _check_blue_green_end(self, state: RolloutState) -> None:
+        """Succeeded: the new pool serves, at full weight, the old one is drained, and the
+        new pool is the live pool. Rolled back: traffic is back on the old pool at the
+        shift back's weight and the new pool is drained, with nothing left under way at
+        the balancer that could undo it; no host was changed back."""
+        if self.sent_previous:
+            raise InvariantBroken(f"blue-green reverted hosts {sorted(self.sent_previous)}")
+        back = state.shift_back
+        assert back is not None
+        if state.phase is P.SUCCEEDED:
+            if self.live_pool != [state.live_pool]:
+                raise InvariantBroken(f"succeeded with SetLivePool {self.live_pool}")
+            last = state.plan[-1] if isinstance(state.plan[-1], Shift) else state.plan[-2]
+            assert isinstance(last, Shift)
+            serving, drained = dict(last.admit), last.drain
+        elif state.phase in (P.ROLLED_BACK, P.ABORTED):
+            if self.live_pool:
+                raise InvariantBroken(f"{state.phase.value} but SetLivePool {self.live_pool}")
+            serving, drained = dict(back.admit), back.drain
+        else:
+            return
+        for name in [*serving, *drained]:
+            if any(host == name for _, host in self.outstanding.values()):
+                raise InvariantBroken(f"blue-green {state.phase.value} with a call for {name} under way")
+        for name, weight in serving.items():
+            if name in self.out_of_rotation or self.weight.get(name) != weight:
+                raise InvariantBroken(
+                    f"blue-green {state.phase.value}: {name} is not in load balancing at weight "
+                    f"{weight} (drained: {name in self.out_of_rotation}, weight {self.weight.get(name)})"
+                )
+        for name in drained:
+            if name not in self.out_of_rotation:
+                raise InvariantBroken(f"blue-green {state.phase.value}: {name} still in load balancing")

@@ -7,7 +7,12 @@ with ``advance``. Commands:
                                         hosts h0..h{N-1}, healthy and connected on R
                                         (release=none: nothing installed yet)
     start to=R [from=R] [batch=B] [max_unavailable=M] [min_healthy=D] [deadline=D]
-          [failure_budget=F] [auto_rollback=on|off]
+          [failure_budget=F] [auto_rollback=on|off] [traffic=on|off] [max_rps=N]
+          [strategy=rolling|canary|blue-green]
+          [steps=5%,pause:30s,50%,pause:promote]          canary: its steps
+          [shift=10%,50%,100%] [shift_pause=D|promote] [window=D]
+          [pools=blue:h0,h1;green:h2,h3]                  blue-green: label pool=...;
+                                        the first pool named is the live one
     report HOST [release=R|none] [gen=G] healthy|unhealthy|failed|starting|disconnected
           [detail="..."]
                                         release defaults to the host's desired release,
@@ -15,6 +20,11 @@ with ``advance``. Commands:
                                         disconnected keeps the last reported health
     register HOST [release=R|none] healthy|starting
                                         a host the rollout has never seen reports in
+    answer HOST drain|admit ok|fail [latest] [detail="..."]
+                                        the balancer answers the host's oldest
+                                        unanswered Drain (or Admit); latest: newest
+    answer HOST drain|admit again       the last answer to one again (executed twice)
+    load RPS                            the balancer's request rate (LoadReport)
     advance DURATION                    time passes, then a Tick
     tick                                a Tick at the current time
     pause|resume|promote|abort|rollback [by=NAME]
@@ -22,6 +32,12 @@ with ``advance``. Commands:
     expect phase PHASE
     expect setdesired HOST=R ...        exactly these SetDesired came from the last command
     expect no-setdesired
+    expect drain HOST ...               exactly these Drain came from the last command
+    expect admit HOST[=WEIGHT] ...      exactly these Admit (HOST alone: no weight)
+    expect no-traffic                   no Drain, Admit or SetLivePool
+    expect livepool POOL                the last command made POOL the live pool
+    expect reason TEXT                  the rollout's reason contains TEXT
+    expect blocked TEXT                 what the rollout waits for contains TEXT
     expect event KIND [HOST]            the last command recorded this event
     expect no-event KIND [HOST]
     expect host HOST PHASE              the engine's phase for one host
@@ -29,10 +45,11 @@ with ``advance``. Commands:
     expect service-release R            the last command made R the service's release
     expect error                        the last command raised IllegalTransition
 
-Every SetDesired must be matched by an ``expect setdesired`` line, and an
-IllegalTransition by ``expect error``: a script states every host change it
-causes. After every command the invariants of `checks` hold; when the rollout
-ends, so does I2.
+Every SetDesired must be matched by an ``expect setdesired`` line, every Drain,
+Admit and SetLivePool by ``expect drain``/``admit``/``livepool``, and an
+IllegalTransition by ``expect error``: a script states every host change and
+every balancer call it causes. After every command the invariants of `checks`
+hold; when the rollout ends, so do I2 and I5.
 """
 
 from __future__ import annotations
@@ -43,10 +60,26 @@ from pathlib import Path
 
 from headway.domain.durations import parse_duration
 from headway.domain.models import Health, HostView, RolloutStatus
-from headway.domain.spec import RollingStrategy
+from headway.domain.spec import BlueGreenStrategy, CanaryStrategy, RollingStrategy, Strategy
 from headway.engine import machine
-from headway.engine.actions import Action, RecordEvent, SetDesired, SetServiceRelease
-from headway.engine.events import Command, EngineEvent, HostObserved, OperatorCommand, Tick
+from headway.engine.actions import (
+    Action,
+    Admit,
+    Drain,
+    RecordEvent,
+    SetDesired,
+    SetLivePool,
+    SetServiceRelease,
+)
+from headway.engine.events import (
+    Command,
+    EngineEvent,
+    HostObserved,
+    LoadReport,
+    OperatorCommand,
+    Tick,
+    TrafficDone,
+)
 from headway.engine.plan import Batch
 from headway.engine.state import HostPhase, RolloutState
 from headway.errors import IllegalTransition
@@ -84,7 +117,11 @@ class Scenario:
     last: list[Action] = field(default_factory=list)
     last_error: IllegalTransition | None = None
     checked_sends: bool = True
+    checked_traffic: dict[str, bool] = field(default_factory=dict)  # kind -> stated
     checked_error: bool = True
+    labels: dict[str, dict[str, str]] = field(default_factory=dict)
+    unanswered: list[Drain | Admit] = field(default_factory=list)  # at the balancer, in order
+    answers: list[TrafficDone] = field(default_factory=list)
     transcript: list[str] = field(default_factory=list)
 
     # ------------------------------------------------------------- running
@@ -122,6 +159,12 @@ class Scenario:
             raise ScenarioError(
                 f"the previous command sent {sends}; state them with `expect setdesired`"
             )
+        for kind, stated in self.checked_traffic.items():
+            if not stated:
+                calls = [_show(a) for a in self.last if _traffic_kind(a) == kind]
+                raise ScenarioError(
+                    f"the previous command sent {calls}; state them with `expect {kind}`"
+                )
         if not self.checked_error:
             raise ScenarioError(f"the previous command raised: {self.last_error}")
 
@@ -135,6 +178,8 @@ class Scenario:
             raise ScenarioError(f"unknown command {name!r}")
         handler(args)
         self.checked_sends = not any(isinstance(a, SetDesired) for a in self.last)
+        self.checked_traffic = {k: False for a in self.last if (k := _traffic_kind(a))}
+        self.unanswered.extend(a for a in self.last if isinstance(a, (Drain, Admit)))
         self.checked_error = self.last_error is None
 
     def _cmd_fleet(self, args: list[str]) -> None:
@@ -167,13 +212,16 @@ class Scenario:
                 raw[field_name] = opts.pop(key)
         if "auto_rollback" in opts:
             raw["auto_rollback"] = opts.pop("auto_rollback") == "on"
+        traffic = _on_off(opts.pop("traffic", "off"))
+        max_rps = float(opts.pop("max_rps")) if "max_rps" in opts else None
+        strategy, live_pool = self._strategy(opts.pop("strategy", "rolling"), raw, opts)
         _no_more(opts)
-        strategy = RollingStrategy.model_validate(raw)
         views = [
             HostView(
                 name=name,
                 service="web",
                 address="127.0.0.1",
+                labels=self.labels.get(name, {}),
                 desired_release=h.release,
                 generation=h.generation,
                 observed_release=h.release,
@@ -191,10 +239,81 @@ class Scenario:
             strategy=strategy,
             hosts=views,
             now=self.now,
+            traffic=traffic,
+            live_pool=live_pool,
+            max_rps_per_host=max_rps,
         )
         self.state = decision.state
         self.ledger = Ledger.start(decision)
         self._after(decision.actions)
+
+    def _strategy(
+        self, kind: str, raw: dict[str, object], opts: dict[str, str]
+    ) -> tuple[Strategy, str | None]:
+        if kind == "rolling":
+            return RollingStrategy.model_validate(raw), None
+        raw.pop("batch_size", None)
+        if kind == "canary":
+            steps: list[dict[str, str]] = []
+            for step in opts.pop("steps").split(","):
+                what, _, pause = step.partition(":")
+                steps.append({"pause": pause} if what == "pause" else {"hosts": what})
+            return CanaryStrategy.model_validate({**raw, "steps": steps}), None
+        if kind != "blue-green":
+            raise ScenarioError(f"unknown strategy {kind!r}")
+        pools: list[str] = []
+        for part in opts.pop("pools").split(";"):
+            pool, _, names = part.partition(":")
+            pools.append(pool)
+            for name in names.split(","):
+                self.labels[name] = {"pool": pool}
+        raw["pools"] = pools
+        if "shift" in opts:
+            raw["shift"] = opts.pop("shift").split(",")
+        if "shift_pause" in opts:
+            raw["pause"] = opts.pop("shift_pause")
+        if "window" in opts:
+            raw["rollback_window"] = opts.pop("window")
+        return BlueGreenStrategy.model_validate(raw), pools[0]
+
+    def _cmd_answer(self, args: list[str]) -> None:
+        host, kind = args[0], args[1]
+        opts, flags = _split(args[2:])
+        detail = opts.pop("detail", "")
+        _no_more(opts)
+        latest = "latest" in flags
+        flags = [f for f in flags if f != "latest"]
+        wanted = Drain if kind == "drain" else Admit if kind == "admit" else None
+        if wanted is None:
+            raise ScenarioError(f"answer a drain or an admit, not {kind!r}")
+        if flags == ["again"]:
+            given = [a for a in self.answers if a.host == host and a.action_id in self.kinds[kind]]
+            if not given:
+                raise ScenarioError(f"{host} has had no {kind} answered yet")
+            self._step(given[-1])
+            return
+        if flags not in (["ok"], ["fail"]):
+            raise ScenarioError(f"answer needs ok, fail or again, got {flags}")
+        waiting = [a for a in self.unanswered if isinstance(a, wanted) and a.host == host]
+        if not waiting:
+            raise ScenarioError(f"{host} has no {kind} waiting at the balancer")
+        action = waiting[-1] if latest else waiting[0]
+        self.unanswered.remove(action)
+        answer = TrafficDone(action.action_id, host, flags == ["ok"], detail)
+        self.answers.append(answer)
+        self._step(answer)
+
+    @property
+    def kinds(self) -> dict[str, set[str]]:
+        ids: dict[str, set[str]] = {"drain": set(), "admit": set()}
+        for action in self._ledger().actions:
+            if isinstance(action, (Drain, Admit)):
+                ids[_traffic_kind(action)].add(action.action_id)
+        return ids
+
+    def _cmd_load(self, args: list[str]) -> None:
+        (rps,) = args
+        self._step(LoadReport(float(rps)))
 
     def _cmd_report(self, args: list[str]) -> None:
         host = args[0]
@@ -336,6 +455,42 @@ class Scenario:
             raise ScenarioError("the last command raised no IllegalTransition")
         self.checked_error = True
 
+    def _expect_drain(self, args: list[str]) -> None:
+        got = sorted(a.host for a in self.last if isinstance(a, Drain))
+        if got != sorted(args):
+            raise ScenarioError(f"Drain sent: {got or '(none)'}; expected {sorted(args)}")
+        self.checked_traffic["drain"] = True
+
+    def _expect_admit(self, args: list[str]) -> None:
+        got = sorted(
+            a.host + ("" if a.weight is None else f"={a.weight}")
+            for a in self.last
+            if isinstance(a, Admit)
+        )
+        if got != sorted(args):
+            raise ScenarioError(f"Admit sent: {got or '(none)'}; expected {sorted(args)}")
+        self.checked_traffic["admit"] = True
+
+    def _expect_no_traffic(self, args: list[str]) -> None:
+        if got := [_show(a) for a in self.last if _traffic_kind(a)]:
+            raise ScenarioError(f"balancer calls sent: {got}; expected none")
+
+    def _expect_livepool(self, args: list[str]) -> None:
+        got = [a.pool for a in self.last if isinstance(a, SetLivePool)]
+        if got != args:
+            raise ScenarioError(f"SetLivePool sent: {got}; expected {args}")
+        self.checked_traffic["livepool"] = True
+
+    def _expect_reason(self, args: list[str]) -> None:
+        reason = self._state().reason
+        if " ".join(args) not in reason:
+            raise ScenarioError(f"the reason is {reason!r}; expected it to say {' '.join(args)!r}")
+
+    def _expect_blocked(self, args: list[str]) -> None:
+        blocked = self._state().blocked
+        if " ".join(args) not in blocked:
+            raise ScenarioError(f"waiting for {blocked!r}; expected it to say {' '.join(args)!r}")
+
     def _sends(self) -> dict[str, int | None]:
         return {a.host: a.release for a in self.last if isinstance(a, SetDesired)}
 
@@ -373,6 +528,20 @@ def _no_more(opts: dict[str, str]) -> None:
         raise ScenarioError(f"unknown option(s) {sorted(opts)}")
 
 
+def _on_off(text: str) -> bool:
+    if text not in ("on", "off"):
+        raise ScenarioError(f"on or off, not {text!r}")
+    return text == "on"
+
+
+def _traffic_kind(action: Action) -> str:
+    if isinstance(action, Drain):
+        return "drain"
+    if isinstance(action, Admit):
+        return "admit"
+    return "livepool" if isinstance(action, SetLivePool) else ""
+
+
 def _release(text: str) -> int | None:
     return None if text == "none" else int(text)
 
@@ -386,6 +555,13 @@ def _show(action: Action) -> str:
         return f"SetDesired {action.host}=v{action.release} g{action.generation}"
     if isinstance(action, SetServiceRelease):
         return f"SetServiceRelease {action.service}=v{action.release}"
+    if isinstance(action, Drain):
+        return f"Drain {action.host} ({action.action_id})"
+    if isinstance(action, Admit):
+        weight = "" if action.weight is None else f" weight {action.weight}"
+        return f"Admit {action.host}{weight} ({action.action_id})"
+    if isinstance(action, SetLivePool):
+        return f"SetLivePool {action.service}={action.pool}"
     host = f" [{action.host}]" if action.host else ""
     return f"{action.kind}{host}: {action.message}"
 

@@ -1,14 +1,20 @@
 """The engine under random faults: a Hypothesis state machine over a simulated fleet.
 
-A fleet of 3-20 hosts with random rolling parameters; each host has an agent
-that converges to what it is told (healthy, or failed or unhealthy by a fault
-drawn per host). Rules deliver, lose and repeat reports, break and mend hosts
+A fleet of 3-20 hosts with a random strategy (rolling, canary with pauses, or
+blue-green over two pools with weighted shifts) and random parameters; each
+host has an agent that converges to what it is told (healthy, or failed or
+unhealthy by a fault drawn per host). With a load balancer in front (drawn
+too), a simulated balancer answers the engine's drains and admits in any
+order, late, twice, or with a failure, and load reports come and go against
+a capacity guard. Rules deliver, lose and repeat reports, break and mend hosts
 outside the rollout, disconnect agents, fire timers early and late, and issue
 operator commands. After every rule the invariants of `checks` hold (I1 at the
-moment of each SetDesired, I3 per step, counters against a recount), a copy of
-the state made by a JSON round trip behaves exactly like the original, and at
-the end a fleet that behaves lets ticking to `next_deadline` end the rollout,
-with I2 checked on the way out.
+moment each host leaves service, the capacity guard, no SetDesired before the
+host's drain is confirmed, no admit before it is healthy, I3 per step,
+counters against a recount), a copy of the state made by a JSON round trip
+behaves exactly like the original, and at the end a fleet and a balancer that
+behave let ticking to `next_deadline` end the rollout, with I2 and I5 checked
+on the way out.
 
 A failure prints the rules that led to it (shrunk), with notes, and a
 ``@reproduce_failure`` blob.
@@ -31,10 +37,19 @@ from hypothesis.stateful import (
 )
 
 from headway.domain.models import Health, HostView, RolloutStatus
-from headway.domain.spec import RollingStrategy
+from headway.domain.spec import BlueGreenStrategy, CanaryStrategy, RollingStrategy, Strategy
 from headway.engine import machine
-from headway.engine.actions import RecordEvent, SetDesired
-from headway.engine.events import Command, EngineEvent, HostObserved, OperatorCommand, Tick
+from headway.engine.actions import Admit, Drain, RecordEvent, SetDesired
+from headway.engine.events import (
+    Command,
+    EngineEvent,
+    HostObserved,
+    LoadReport,
+    OperatorCommand,
+    Tick,
+    TrafficDone,
+    event_kind,
+)
 from headway.engine.plan import Batch, Pause
 from headway.engine.state import HostPhase, RolloutState
 from headway.engine.table import TABLE
@@ -117,6 +132,17 @@ class RolloutMachine(RuleBasedStateMachine):
             max_size=3,
         ),
         pauses=st.lists(st.sampled_from([None, 5.0, 30.0]), max_size=2),
+        kind=st.sampled_from(["rolling", "rolling", "canary", "blue-green"]),
+        traffic=st.sampled_from([False, True, True]),
+        canary_steps=st.lists(
+            st.one_of(st.sampled_from(["5%", "25%", "50%", "1", "2"]), st.sampled_from([None, 5.0, 30.0])),
+            min_size=1,
+            max_size=4,
+        ),
+        shifts=st.sampled_from([["100%"], ["50%", "100%"], ["10%", "50%", "100%"]]),
+        shift_pause=st.sampled_from([0.0, 5.0, None]),
+        window=st.sampled_from([0.0, 10.0, 60.0]),
+        max_rps=st.sampled_from([None, None, 10.0, 50.0]),
     )
     def start(
         self,
@@ -131,6 +157,13 @@ class RolloutMachine(RuleBasedStateMachine):
         faults: list[tuple[int, str]],
         at_start: list[tuple[int, str]],
         pauses: list[float | None],
+        kind: str,
+        traffic: bool,
+        canary_steps: list[str | float | None],
+        shifts: list[str],
+        shift_pause: float | None,
+        window: float,
+        max_rps: float | None,
     ) -> None:
         self.now = 1000.0
         self.from_release: int | None = None if first == 0 else 1
@@ -158,21 +191,34 @@ class RolloutMachine(RuleBasedStateMachine):
                     agent.connected = False
                 agent.settle(self.to_release)
             self.agents[name] = agent
-        strategy = RollingStrategy.model_validate(
-            {
-                "batch_size": batch,
-                "max_unavailable": max_unavailable,
-                "min_healthy_time": min_healthy,
-                "progress_deadline": deadline,
-                "failure_budget": failure_budget,
-                "auto_rollback": auto_rollback,
-            }
-        )
+        policy: dict[str, object] = {
+            "max_unavailable": max_unavailable,
+            "min_healthy_time": min_healthy,
+            "progress_deadline": deadline,
+            "failure_budget": failure_budget,
+            "auto_rollback": auto_rollback,
+        }
+        strategy: Strategy
+        if kind == "canary":
+            steps = _canary_steps(canary_steps)
+            strategy = CanaryStrategy.model_validate({**policy, "steps": steps})
+            shape = f"canary {steps}"
+        elif kind == "blue-green":
+            strategy = BlueGreenStrategy.model_validate(
+                {**policy, "shift": shifts, "pause": "promote" if shift_pause is None else shift_pause,
+                 "rollback_window": window}
+            )
+            shape = f"blue-green shift={shifts} pause={shift_pause} window={window:g}"
+        else:
+            strategy = RollingStrategy.model_validate({**policy, "batch_size": batch})
+            shape = f"rolling batch={batch} pauses={pauses}"
+        self.pools = {a: ("blue" if i < hosts // 2 else "green") for i, a in enumerate(self.agents)}
         views = [
             HostView(
                 name=a.name,
                 service="web",
                 address="127.0.0.1",
+                labels={"pool": self.pools[a.name]},
                 desired_release=a.release,
                 generation=a.generation,
                 observed_release=a.release,
@@ -190,21 +236,27 @@ class RolloutMachine(RuleBasedStateMachine):
             strategy=strategy,
             hosts=views,
             now=self.now,
+            traffic=traffic,
+            live_pool="blue",
+            max_rps_per_host=max_rps,
         )
-        self.state = _with_pauses(decision.state, pauses)
+        self.state = _with_pauses(decision.state, pauses) if kind == "rolling" else decision.state
         self.twin = _round_trip(self.state)
         self.ledger = Ledger.start(decision)
         self.pending: list[SetDesired] = []
+        self.balancer: list[Drain | Admit] = []  # issued, not answered yet
+        self.answered: list[TrafficDone] = []
         self.joined = 0
         self.steps = 0
         self.ended_checked = False
         self._queue(decision.actions)
         self.started = True
         note(
-            f"fleet of {hosts}, v{self.from_release} -> v2, batch={batch} "
+            f"fleet of {hosts}, v{self.from_release} -> v2, {shape}, traffic={traffic} "
+            f"max_rps={max_rps} "
             f"max_unavailable={max_unavailable} (resolved {self.state.policy.max_unavailable}) "
             f"min_healthy={min_healthy:g} deadline={deadline:g} budget={failure_budget} "
-            f"auto_rollback={auto_rollback} pauses={pauses}; faults: "
+            f"auto_rollback={auto_rollback}; faults: "
             + ", ".join(
                 f"{a.name}:{a.fault}{'+revert' if a.revert_fault else ''}"
                 for a in self.agents.values()
@@ -219,6 +271,10 @@ class RolloutMachine(RuleBasedStateMachine):
             if isinstance(action, SetDesired):
                 self.pending.append(action)
                 note(f"  -> SetDesired {action.host}=v{action.release} g{action.generation}")
+            elif isinstance(action, (Drain, Admit)):
+                self.balancer.append(action)
+                weight = f" weight {action.weight}" if isinstance(action, Admit) and action.weight else ""
+                note(f"  -> {type(action).__name__} {action.host}{weight} ({action.action_id})")
 
     def _step(self, event: EngineEvent) -> machine.Decision | None:
         """Feed one event to the engine and to its round-tripped twin; check both agree."""
@@ -371,6 +427,33 @@ class RolloutMachine(RuleBasedStateMachine):
         note(f"register {name}: v{agent.release} {agent.health}")
         self._deliver_report(agent)
 
+    # ------------------------------------------------------------- rules: the balancer
+
+    @precondition(lambda self: bool(self.balancer))
+    @rule(index=st.integers(0, 1000), ok=st.sampled_from([True, True, True, False]))
+    def balancer_answers(self, index: int, ok: bool) -> None:
+        """The balancer answers one of the calls under way (any of them: they run at once)."""
+        action = self.balancer.pop(index % len(self.balancer))
+        answer = TrafficDone(action.action_id, action.host, ok, "" if ok else "haproxy: timeout")
+        outcome = "ok" if ok else "FAILED"
+        note(f"balancer: {type(action).__name__} {action.host} ({action.action_id}) {outcome}")
+        self.answered.append(answer)
+        self._step(answer)
+
+    @precondition(lambda self: bool(self.answered))
+    @rule(index=st.integers(0, 1000))
+    def balancer_answers_again(self, index: int) -> None:
+        """An action executed twice (the driver restarted) answers twice."""
+        answer = self.answered[index % len(self.answered)]
+        note(f"balancer again: {answer.host} ({answer.action_id}) {'ok' if answer.ok else 'failed'}")
+        self._step(answer)
+
+    @precondition(lambda self: self.state.policy.max_rps_per_host is not None)
+    @rule(rps=st.sampled_from([0.0, 15.0, 40.0, 100.0, 1000.0]))
+    def load(self, rps: float) -> None:
+        note(f"load {rps:g} req/s")
+        self._step(LoadReport(rps))
+
     # ------------------------------------------------------------- rules: time
 
     @rule(seconds=st.sampled_from([0.5, 1.0, 1.0, 2.0, 3.0, 5.0, 5.0, 10.0, 30.0, 61.0]))
@@ -442,9 +525,13 @@ class RolloutMachine(RuleBasedStateMachine):
                 agent.connected = True
                 agent.settle(self.to_release)
                 self._deliver_report(agent)
-        for _ in range(400):
+        for _ in range(600):
             if self.state.phase.terminal:
                 break
+            if self.balancer:
+                action = self.balancer.pop(0)
+                self._step(TrafficDone(action.action_id, action.host, True))
+                continue
             if self.pending:
                 action = self.pending.pop(0)
                 agent = self.agents[action.host]
@@ -462,7 +549,12 @@ class RolloutMachine(RuleBasedStateMachine):
                     track.connected,
                 ) != (agent.generation, agent.health, True):
                     self._deliver_report(agent)  # a report lost earlier
-            if self.pending or self.state.phase.terminal:
+            if self.pending or self.balancer or self.state.phase.terminal:
+                continue
+            if self.state.blocked.startswith("capacity guard"):
+                # the load drawn so far held the rollout back (and every drain until now
+                # was checked against it): the load goes down
+                self._step(LoadReport(0.0))
                 continue
             if self.state.waiting_promote and self.state.phase is P.RUNNING:
                 self._step(OperatorCommand(Command.PROMOTE, actor="teardown"))
@@ -481,10 +573,28 @@ class RolloutMachine(RuleBasedStateMachine):
         note(f"ended {self.state.phase.value}: {self.state.reason}")
         event(f"ended {self.state.phase.value}")
         kinds = {a.kind for a in self.ledger.actions if isinstance(a, RecordEvent)}
-        for kind in ("rollout.promoted", "rollout.paused", "host.flapped", "host.reverted"):
+        for kind in (
+            "rollout.promoted",
+            "rollout.paused",
+            "host.flapped",
+            "host.reverted",
+            "host.drained",
+            "traffic.failed",
+            "traffic.late",
+            "traffic.shifted",
+        ):
             if kind in kinds:
                 event(f"saw {kind}")
-        for why in ("rollback is off", "brought back", "rollback stopped", "no previous", "no progress"):
+        event(f"strategy {self.state.strategy}{' with a balancer' if self.state.traffic else ''}")
+        for why in (
+            "rollback is off",
+            "brought back",
+            "rollback stopped",
+            "no previous",
+            "no progress",
+            "capacity guard",
+            "shifting traffic back failed",
+        ):
             if why in self.state.reason:
                 event(f"  because {why}")
         event(f"steps before teardown: {min(self.steps_before_teardown // 20 * 20, 60)}+")
@@ -492,9 +602,23 @@ class RolloutMachine(RuleBasedStateMachine):
 
 
 def event_name(event: EngineEvent) -> str:
-    if isinstance(event, OperatorCommand):
-        return event.command.value
-    return "observed" if isinstance(event, HostObserved) else "tick"
+    return event_kind(event)
+
+
+def _canary_steps(drawn: list[str | float | None]) -> list[dict[str, object]]:
+    """Drawn steps made valid: host steps keep growing, and a pause never comes first."""
+    steps: list[dict[str, object]] = []
+    last: dict[bool, int] = {}  # percent? -> last value
+    for item in drawn:
+        if isinstance(item, str):
+            percent, value = item.endswith("%"), int(item.rstrip("%"))
+            if value <= last.get(percent, 0):
+                continue
+            last[percent] = value
+            steps.append({"hosts": item})
+        elif steps:
+            steps.append({"pause": "promote" if item is None else item})
+    return steps or [{"hosts": "1"}]
 
 
 def _round_trip(state: RolloutState) -> RolloutState:

@@ -89,8 +89,14 @@ def per_event(hosts: int, repeat: int) -> float:
 
 
 def test_cost_per_event_does_not_grow_with_the_fleet() -> None:
-    small = per_event(1_000, repeat=5)
-    large = per_event(50_000, repeat=1)
+    # best of up to three rounds: on a busy machine one run can be slowed down by others;
+    # a cost that truly grows with the fleet stays above the bound in every round
+    small = large = float("inf")
+    for _ in range(3):
+        small = min(small, per_event(1_000, repeat=5))
+        large = min(large, per_event(50_000, repeat=1))
+        if large < 3 * small:
+            break
     assert large < 3 * small, (
         f"{large * 1e6:.1f} us per event at 50k hosts vs {small * 1e6:.1f} us at 1k"
     )

@@ -44,3 +44,28 @@ def test_an_unstated_host_change_fails_the_script(tmp_path: Path) -> None:
     )
     with pytest.raises(ScenarioError, match=r"unstated.txt:3: advance 1s"):
         run_scenario(script)
+
+
+def test_an_unstated_balancer_call_fails_the_script(tmp_path: Path) -> None:
+    script = tmp_path / "drain.txt"
+    script.write_text(
+        "fleet hosts=2 release=1\n"
+        "start to=2 batch=1 min_healthy=0s deadline=60s traffic=on\n"
+        "answer h0 drain ok\n"
+    )
+    unstated = r"drain.txt:3: answer h0 drain ok\n.*Drain h0 .*; state them with `expect drain`"
+    with pytest.raises(ScenarioError, match=unstated):
+        run_scenario(script)
+
+
+def test_answering_a_call_nobody_made_is_a_script_error(tmp_path: Path) -> None:
+    script = tmp_path / "nothing.txt"
+    script.write_text(
+        "fleet hosts=2 release=1\n"
+        "start to=2 batch=1 min_healthy=0s deadline=60s traffic=on\n"
+        "expect drain h0\n"
+        "answer h0 admit ok\n"
+    )
+    refused = r"nothing.txt:4: answer h0 admit ok\n  h0 has no admit waiting at the balancer"
+    with pytest.raises(ScenarioError, match=refused):
+        run_scenario(script)
