@@ -14,6 +14,7 @@ DEBIAN_PACKAGES=(
   haproxy # the local fleet's load balancer; traffic adapter tests (headway.traffic)
   chromium # web UI browser tests (tests/ui, marker browser) driven by Playwright; bench/ui_speed.py
   prometheus # Prometheus gate tests (tests/metrics): scrapes the sample apps' /metrics
+  git # the server follows config.source.git with the git CLI (headway.server.config_git)
 )
 
 log() { printf 'setup: %s\n' "$*" >&2; }

@@ -18,6 +18,12 @@ Routes (all under a bearer token except ``GET /healthz``):
     POST /api/v1/rollouts/{id}/{pause|resume|abort|promote} OperatorAction -> RolloutOut
     GET  /api/v1/hosts?service=S                    -> list[HostView]
     GET  /api/v1/events?service=S&rollout=ID&after=N&limit=N -> list[Event], oldest first
+    POST /api/v1/services/{name}/configs  raw .tar.gz -> ConfigPushOut (a config revision; 413 over
+                                          config.max_bytes, 422 on a bad name or file kind)
+    POST /api/v1/services/{name}/configs  ConfigFromUrl (JSON) -> ConfigPushOut (fetched, pinned by digest)
+    GET  /api/v1/services/{name}/configs?limit=N   -> list[ConfigRevision], newest first
+    GET  /api/v1/configs/{digest}                  -> the bundle's bytes (operator or agent token)
+    POST /api/v1/services/{name}/config/restore    -> ConfigRestoreOut (drifted hosts re-apply)
     WS   /agent/v1/channel                          the agent protocol (headway.protocol)
 
 Errors are ``Problem`` bodies with the matching status (401, 404, 409, 413, 422, 503).
@@ -29,7 +35,7 @@ from typing import Any
 
 from pydantic import BaseModel, ConfigDict, Field
 
-from headway.domain.models import HostView, Release, RolloutSummary
+from headway.domain.models import ConfigRevision, HostView, Release, RolloutSummary
 
 
 class _Body(BaseModel):
@@ -58,19 +64,44 @@ class ServiceOut(_Body):
 class CreateRelease(_Body):
     """A new release: from an uploaded artifact digest, or copied from an existing release.
 
-    ``from_version`` copies that release's artifact and params, then applies
-    ``params`` on top (an empty value removes a key).
+    ``from_version`` copies that release's artifact, params and config, then applies
+    ``params`` on top (an empty value removes a key). ``config`` sets the release's
+    config revision (an id, digest or git commit; ``none`` for no config); without it
+    the release keeps the config of ``from_version``, or with ``artifact`` the config
+    of the current release. ``config`` alone makes a config-only release: the current
+    release's artifact and params with the new config.
     """
 
     artifact: str | None = Field(default=None, description="sha256:... of an uploaded artifact")
     from_version: str | None = Field(default=None, description="v3 or 3")
     params: dict[str, str] = Field(default_factory=dict)
+    config: str | None = Field(default=None, description="config revision id, digest, or 'none'")
     note: str = ""
 
 
 class StartRollout(_Body):
     to: str | None = Field(default=None, description="target version; default: the newest release")
     note: str = ""
+    hotfix: bool = Field(
+        default=False, description="bigger batches (25%), 1s healthy time; gates still run"
+    )
+
+
+class ConfigFromUrl(_Body):
+    """A config bundle (.tar.gz) to fetch from an HTTP(S) URL, pinned by its digest."""
+
+    url: str = Field(min_length=8, max_length=2048)
+    digest: str = Field(pattern=r"^sha256:[0-9a-f]{64}$")
+
+
+class ConfigPushOut(_Body):
+    revision: ConfigRevision
+    created: bool  # False: the service had these exact files already
+
+
+class ConfigRestoreOut(_Body):
+    service: str
+    hosts: list[str] = Field(default_factory=list)  # drifted hosts told to re-apply their release
 
 
 class OperatorAction(_Body):
@@ -91,6 +122,10 @@ class RolloutOut(_Body):
 
 __all__ = [
     "ApplyService",
+    "ConfigFromUrl",
+    "ConfigPushOut",
+    "ConfigRestoreOut",
+    "ConfigRevision",
     "CreateRelease",
     "HostProgressOut",
     "HostView",

@@ -146,7 +146,7 @@ def test_requests_carry_the_token_and_the_body() -> None:
     assert request.url.path == "/api/v1/services/web/releases"
     assert request.headers["authorization"] == "Bearer secret"
     assert json.loads(request.content) == {
-        "artifact": None, "from_version": "v1", "params": {"color": "blue"}, "note": "n",
+        "artifact": None, "from_version": "v1", "params": {"color": "blue"}, "config": None, "note": "n",
     }
 
 

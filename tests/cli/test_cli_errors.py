@@ -105,8 +105,8 @@ def test_missing_token(monkeypatch: pytest.MonkeyPatch) -> None:
 @pytest.mark.parametrize(
     ("args", "fragment"),
     [
-        (["release", "create", "web"], "exactly one of --artifact FILE or --from vN"),
-        (["release", "create", "web", "--artifact", "a.tgz", "--from", "v1"], "exactly one"),
+        (["release", "create", "web"], "give --artifact FILE, --from vN or --config REV"),
+        (["release", "create", "web", "--artifact", "a.tgz", "--from", "v1"], "not both"),
         (["release", "create", "web", "--from", "latest"], "not a version"),
         (["release", "create", "web", "--from", "v1", "--param", "novalue"], "not KEY=VALUE"),
         (["release", "create", "web", "--artifact", "missing.tar.gz"], "does not exist"),

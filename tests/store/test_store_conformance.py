@@ -66,7 +66,7 @@ def test_migrate_twice_is_a_no_op_and_matches_the_metadata(store: Store) -> None
         diff = compare_metadata(MigrationContext.configure(conn), metadata)
         assert diff == []
         version = conn.exec_driver_sql("SELECT version_num FROM alembic_version").scalars().all()
-        assert version == ["0002"]
+        assert version == ["0003"]
 
 
 def test_an_exception_rolls_back_every_write_of_the_transaction(store: Store) -> None:
@@ -281,6 +281,9 @@ def test_upsert_host_registers_then_refreshes_keeping_the_desired_state(store: S
             "detail": "",
             "last_seen": NOW,
             "serve": True,
+            "config_applied": "",
+            "config_on_disk": "",
+            "config_drift": False,
         }
         assert tx.set_host_desired("h1", 2, 1) is True
         tx.record_observation("h1", 2, 1, Health.HEALTHY, "up", NOW + 1)

@@ -13,7 +13,7 @@ from rich.table import Table
 from rich.text import Text
 
 from headway.api_models import HostProgressOut, RolloutOut, ServiceOut
-from headway.domain.models import Event, Health, HostView, Release, RolloutStatus
+from headway.domain.models import ConfigRevision, Event, Health, HostView, Release, RolloutStatus
 
 STATUS_STYLE = {
     RolloutStatus.RUNNING: "cyan",
@@ -62,6 +62,9 @@ def hosts_table(hosts: Sequence[HostView], phases: dict[str, HostProgressOut] | 
     table.add_column("service")
     table.add_column("release")
     table.add_column("health")
+    with_config = any(h.config_applied or h.config_drift for h in hosts)  # only for config users
+    if with_config:
+        table.add_column("config")
     if phases is not None:
         table.add_column("phase")
     table.add_column("detail", overflow="fold")
@@ -79,11 +82,45 @@ def hosts_table(hosts: Sequence[HostView], phases: dict[str, HostProgressOut] | 
             release,
             health_text(host.health),
         ]
+        if with_config:
+            row.append(config_text(host))
         if phases is not None:
             progress = phases.get(host.name)
             row.append(progress.phase if progress else "")
         row.append(escape(host.detail))
         table.add_row(*row)
+    return table
+
+
+def config_text(host: HostView) -> Text:
+    """``drift`` (red) when the files on disk differ from what the agent wrote; else ``ok``."""
+    if host.config_drift:
+        return Text("drift", style="bold red")
+    return Text("ok", style="green") if host.config_applied else Text("-", style="dim")
+
+
+def configs_table(revisions: Sequence[ConfigRevision], current_digest: str | None) -> Table:
+    table = Table(show_edge=False, pad_edge=False)
+    table.add_column("revision", no_wrap=True)
+    table.add_column("source")
+    table.add_column("commit", no_wrap=True)
+    table.add_column("files", justify="right")
+    table.add_column("size", justify="right")
+    table.add_column("created")
+    table.add_column("by", style="dim")
+    for revision in revisions:
+        label = Text(revision.id, style="bold green" if revision.digest == current_digest else "")
+        if revision.digest == current_digest:
+            label.append(" (current)", style="green")
+        table.add_row(
+            label,
+            revision.source.value,
+            revision.git_commit[:12],
+            str(len(revision.files)),
+            f"{revision.size:,}",
+            clock_time(revision.created_at),
+            escape(revision.created_by),
+        )
     return table
 
 
@@ -135,20 +172,25 @@ def releases_table(releases: Sequence[Release], current: int | None) -> Table:
     table.add_column("artifact", no_wrap=True)
     table.add_column("size", justify="right")
     table.add_column("params")
+    with_config = any(r.config is not None for r in releases)
+    if with_config:
+        table.add_column("config", no_wrap=True)
     table.add_column("created")
     table.add_column("note", overflow="fold")
     for release in sorted(releases, key=lambda r: r.number):
         label = Text(release.version, style="bold green" if release.number == current else "")
         if release.number == current:
             label.append(" (current)", style="green")
-        table.add_row(
+        cells: list[Text | str] = [
             label,
             short_digest(release.artifact.digest),
             f"{release.artifact.size:,}",
             " ".join(f"{k}={v}" for k, v in sorted(release.params.items())),
-            clock_time(release.created_at),
-            escape(release.note),
-        )
+        ]
+        if with_config:
+            cells.append(release.config.revision if release.config else "-")
+        cells += [clock_time(release.created_at), escape(release.note)]
+        table.add_row(*cells)
     return table
 
 

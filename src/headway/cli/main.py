@@ -12,7 +12,7 @@ from typing import Annotated
 import typer
 
 from headway import __version__
-from headway.cli import fleet, processes, resources, rollouts
+from headway.cli import configs, fleet, processes, resources, rollouts
 
 app = typer.Typer(
     name="headway",
@@ -46,6 +46,7 @@ app.command("server", rich_help_panel="Processes")(processes.server)
 app.command("agent", rich_help_panel="Processes")(processes.agent)
 app.command("apply", rich_help_panel="Services")(resources.apply)
 app.add_typer(resources.release_app, name="release", rich_help_panel="Services")
+app.add_typer(configs.config_app, name="config", rich_help_panel="Services")
 app.add_typer(rollouts.rollout_app, name="rollout", rich_help_panel="Rollouts")
 app.command("rollback", rich_help_panel="Rollouts")(rollouts.rollback)
 app.command("hosts", rich_help_panel="Fleet")(resources.hosts)

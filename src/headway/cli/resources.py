@@ -73,16 +73,30 @@ def release_create(
         list[str] | None,
         typer.Option("--param", help="KEY=VALUE on top of the params; repeatable; KEY= removes."),
     ] = None,
+    config: Annotated[
+        str | None,
+        typer.Option(
+            "--config",
+            help="Config revision (id, sha256:..., or git commit; 'none' drops it). Alone: a "
+            "config-only release of the current artifact.",
+        ),
+    ] = None,
     note: Annotated[str, typer.Option("--note", help="Free text kept with the release.")] = "",
     server: ServerOption = DEFAULT_SERVER,
     token: TokenOption = "",
     json_out: JsonOption = False,
 ) -> None:
-    """Create a release from an artifact file, or from an existing release with new params."""
-    if (artifact is None) == (from_version is None):
+    """Create a release from an artifact file, from an existing release with new params or
+    config, or (--config alone) from the current release with a new config."""
+    if artifact is not None and from_version is not None:
         raise SpecError(
-            "give exactly one of --artifact FILE or --from vN",
+            "give one of --artifact FILE or --from vN, not both",
             hint="--artifact uploads a new tarball; --from copies a release and applies --param",
+        )
+    if artifact is None and from_version is None and config is None:
+        raise SpecError(
+            "give --artifact FILE, --from vN or --config REV",
+            hint="--artifact uploads a new tarball; --from copies a release; --config sets its config",
         )
     params = parse_pairs(param or [], "--param")
     source = check_version(from_version, "--from") if from_version is not None else None
@@ -103,14 +117,18 @@ def release_create(
             digest = client.upload_artifact(artifact_path).digest
         release = client.create_release(
             service,
-            CreateRelease(artifact=digest, from_version=source, params=params, note=note),
+            CreateRelease(
+                artifact=digest, from_version=source, params=params, config=config, note=note
+            ),
         )
     if json_out:
         print_json(release)
         return
     stdout_console().print(
         f"created release [bold]{release.service} {release.version}[/bold] "
-        f"(artifact {release.artifact.digest[:19]}, {release.artifact.size:,} bytes)"
+        f"(artifact {release.artifact.digest[:19]}, {release.artifact.size:,} bytes"
+        + (f", config {release.config.revision}" if release.config else "")
+        + ")"
     )
 
 
@@ -144,7 +162,7 @@ def hosts(
     token: TokenOption = "",
     json_out: JsonOption = False,
 ) -> None:
-    """List hosts with their desired and observed release and health."""
+    """List hosts with their desired and observed release and health (and config drift)."""
     with make_client(server, token) as client:
         found = client.list_hosts(service=service)
     if json_out:

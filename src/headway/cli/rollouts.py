@@ -88,15 +88,23 @@ def rollout_start(
         str | None, typer.Option("--to", help="Target release (v3 or 3); default: the newest.")
     ] = None,
     note: Annotated[str, typer.Option("--note", help="Free text kept with the rollout.")] = "",
+    hotfix: Annotated[
+        bool,
+        typer.Option(
+            "--hotfix",
+            help="Urgent change: 25% batches and a 1s healthy time instead of the spec's "
+            "strategy; health checks and gates still run.",
+        ),
+    ] = False,
     wait: WaitOption = False,
     server: ServerOption = DEFAULT_SERVER,
     token: TokenOption = "",
     json_out: JsonOption = False,
 ) -> None:
-    """Roll SERVICE out to a release with the strategy of its spec."""
+    """Roll SERVICE out to a release with the strategy of its spec (or --hotfix)."""
     target = check_version(to, "--to") if to is not None else None
     with make_client(server, token) as client:
-        out = client.start_rollout(service, to=target, note=note)
+        out = client.start_rollout(service, to=target, note=note, hotfix=hotfix)
         if not json_out and not wait:
             stdout_console().print(
                 f"started rollout [bold]{out.rollout.id}[/bold] of {service} to "

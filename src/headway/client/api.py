@@ -23,6 +23,9 @@ from pydantic import BaseModel, TypeAdapter, ValidationError
 
 from headway.api_models import (
     ApplyService,
+    ConfigFromUrl,
+    ConfigPushOut,
+    ConfigRestoreOut,
     CreateRelease,
     OperatorAction,
     Problem,
@@ -30,7 +33,7 @@ from headway.api_models import (
     ServiceOut,
     StartRollout,
 )
-from headway.domain.models import ArtifactRef, Event, HostView, Release
+from headway.domain.models import ArtifactRef, ConfigRevision, Event, HostView, Release
 from headway.errors import (
     ArtifactError,
     Conflict,
@@ -77,6 +80,7 @@ _RELEASES = TypeAdapter(list[Release])
 _ROLLOUTS = TypeAdapter(list[RolloutOut])
 _HOSTS = TypeAdapter(list[HostView])
 _EVENTS = TypeAdapter(list[Event])
+_CONFIGS = TypeAdapter(list[ConfigRevision])
 
 ROLLOUT_ACTIONS = ("pause", "resume", "abort", "promote")
 
@@ -279,13 +283,43 @@ class ApiClient:
         response = self._request("GET", f"/api/v1/services/{service}/releases/{version}")
         return self._model(Release, response)
 
-    def start_rollout(self, service: str, to: str | None = None, note: str = "") -> RolloutOut:
+    def start_rollout(
+        self, service: str, to: str | None = None, note: str = "", *, hotfix: bool = False
+    ) -> RolloutOut:
         response = self._request(
             "POST",
             f"/api/v1/services/{service}/rollouts",
-            body=StartRollout(to=to, note=note),
+            body=StartRollout(to=to, note=note, hotfix=hotfix),
         )
         return self._model(RolloutOut, response)
+
+    # --- config -----------------------------------------------------------------------------
+
+    def push_config(self, service: str, bundle: bytes) -> ConfigPushOut:
+        """Upload a config bundle (.tar.gz, see `headway.server.config_bundle`) as a revision."""
+        response = self._request(
+            "POST",
+            f"/api/v1/services/{service}/configs",
+            content=iter([bundle]),
+            headers={"Content-Type": "application/gzip", "Content-Length": str(len(bundle))},
+        )
+        return self._model(ConfigPushOut, response)
+
+    def push_config_url(self, service: str, url: str, digest: str) -> ConfigPushOut:
+        """Have the server fetch a bundle from ``url``, pinned by ``digest``."""
+        response = self._request(
+            "POST", f"/api/v1/services/{service}/configs", body=ConfigFromUrl(url=url, digest=digest)
+        )
+        return self._model(ConfigPushOut, response)
+
+    def list_configs(self, service: str, limit: int | None = None) -> list[ConfigRevision]:
+        params: dict[str, str | int] = {"limit": limit} if limit is not None else {}
+        response = self._request("GET", f"/api/v1/services/{service}/configs", params=params)
+        return self._list(_CONFIGS, response)
+
+    def restore_config(self, service: str) -> ConfigRestoreOut:
+        response = self._request("POST", f"/api/v1/services/{service}/config/restore")
+        return self._model(ConfigRestoreOut, response)
 
     def rollback(self, service: str, reason: str = "") -> RolloutOut:
         response = self._request(

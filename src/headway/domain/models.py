@@ -19,13 +19,52 @@ class ArtifactRef(_Frozen):
     url: str
 
 
+class ConfigSourceKind(StrEnum):
+    """Where a config revision came from."""
+
+    STORE = "store"  # `headway config push SERVICE DIR` (an upload)
+    GIT = "git"  # a commit on the branch the service's config.source.git follows
+    URL = "url"  # an HTTP(S) bundle pinned by digest
+
+
+class ConfigRevisionRef(_Frozen):
+    """The config a release carries: a .tar.gz of files pinned by digest (content-addressed)."""
+
+    digest: str = Field(pattern=r"^sha256:[0-9a-f]{64}$")
+    size: int = Field(ge=0)
+    revision: str  # the revision's short id (the digest's first 12 hex digits)
+    source: ConfigSourceKind = ConfigSourceKind.STORE
+
+
+class ConfigRevision(_Frozen):
+    """One stored config bundle of a service. Its id is its digest's first 12 hex digits, so
+    pushing the same files twice gives the same revision."""
+
+    id: str
+    service: str
+    digest: str = Field(pattern=r"^sha256:[0-9a-f]{64}$")
+    size: int = Field(ge=0)
+    source: ConfigSourceKind = ConfigSourceKind.STORE
+    git_commit: str = ""  # source git: the commit it was made from
+    committed_at: float | None = None  # source git: the commit's time (seconds since the epoch)
+    origin: str = ""  # source url: where it was fetched; source git: the repository
+    files: list[str] = Field(default_factory=list)  # paths inside the bundle, sorted
+    created_at: float
+    created_by: str = ""
+
+    def ref(self) -> ConfigRevisionRef:
+        return ConfigRevisionRef(digest=self.digest, size=self.size, revision=self.id, source=self.source)
+
+
 class Release(_Frozen):
-    """An immutable, numbered revision of a service (``v1``, ``v2``, ...)."""
+    """An immutable, numbered revision of a service (``v1``, ``v2``, ...): artifact, config
+    revision (optional) and parameters, rolled out and rolled back as one unit."""
 
     service: str
     number: int = Field(ge=1)
     artifact: ArtifactRef
     params: dict[str, str] = Field(default_factory=dict)
+    config: ConfigRevisionRef | None = None
     created_at: float
     created_by: str = ""
     note: str = ""
@@ -70,6 +109,11 @@ class HostView(_Frozen):
     last_seen: float = 0.0
     serve: bool = True  # should it be in load balancing (False while drained); agents answer
     # a polling balancer's GET /ready with it (traffic.balancer readiness)
+    # config drift: the hash of the files the agent wrote for its release and of what is on
+    # disk now; they differ when someone edited (or removed) a config file by hand
+    config_applied: str = ""
+    config_on_disk: str = ""
+    config_drift: bool = False
 
 
 class RolloutStatus(StrEnum):

@@ -32,6 +32,7 @@ from headway.domain.spec import parse_service_spec
 from headway.engine.events import Command
 from headway.engine.state import RolloutState
 from headway.errors import NotFound, SpecError
+from headway.server import configs
 from headway.server import runner as r
 from headway.server.auth import Role, require
 from headway.server.context import ServerContext, context_of
@@ -157,10 +158,15 @@ def list_releases(name: str, ctx: Ctx, _: Actor) -> list[Release]:
 
 @router.post("/services/{name}/releases", status_code=201)
 async def create_release(name: str, body: CreateRelease, ctx: Ctx, actor: Actor) -> Release:
-    if (body.artifact is None) == (body.from_version is None):
+    if body.artifact is not None and body.from_version is not None:
         raise SpecError(
-            "give exactly one of 'artifact' (an uploaded digest) or 'from_version'",
+            "give one of 'artifact' (an uploaded digest) or 'from_version', not both",
             hint="headway release create SERVICE --artifact FILE  or  --from v1 --param K=V",
+        )
+    if body.artifact is None and body.from_version is None and body.config is None:
+        raise SpecError(
+            "give 'artifact' (an uploaded digest), 'from_version' or 'config'",
+            hint="headway release create SERVICE --artifact FILE, --from v1 --param K=V, or --config REV",
         )
     for key, value in body.params.items():
         if not _PARAM_KEY.match(key):
@@ -175,16 +181,27 @@ async def create_release(name: str, body: CreateRelease, ctx: Ctx, actor: Actor)
     now = ctx.clock.now()
     with ctx.store.tx() as tx:
         tx.get_service(name)
-        if body.from_version is not None:
-            base = tx.get_release(name, _version(body.from_version))
+        if body.artifact is not None:
+            artifact, _ = tx.get_artifact(body.artifact)
+            params = {k: v for k, v in body.params.items() if v != ""}
+            config = configs.release_config(tx, name, body.config, configs.current_release(tx, name))
+        else:
+            # from a release, or (config alone) from the current one: a config-only release
+            if body.from_version is not None:
+                base = tx.get_release(name, _version(body.from_version))
+            else:
+                current = configs.current_release(tx, name)
+                if current is None:
+                    raise NotFound(
+                        f"{name} has no current release to take the artifact from",
+                        hint=f"create a first release: headway release create {name} --artifact FILE",
+                    )
+                base = current
             artifact = base.artifact
             params = {**base.params, **body.params}
             params = {k: v for k, v in params.items() if v != ""}
-        else:
-            assert body.artifact is not None
-            artifact, _ = tx.get_artifact(body.artifact)
-            params = {k: v for k, v in body.params.items() if v != ""}
-        release = tx.create_release(name, artifact, params, actor, body.note, now)
+            config = configs.release_config(tx, name, body.config, base)
+        release = tx.create_release(name, artifact, params, actor, body.note, now, config=config)
         tx.append_events(
             [
                 NewEvent(
@@ -192,6 +209,7 @@ async def create_release(name: str, body: CreateRelease, ctx: Ctx, actor: Actor)
                     kind="release.created",
                     message=f"{name} v{release.number} created ({artifact.digest[:19]}…"
                     + (f", params {params}" if params else "")
+                    + (f", config {config.revision}" if config else "")
                     + ")",
                     service=name,
                     actor=actor,
@@ -227,7 +245,7 @@ def _rollout_out(ctx: ServerContext, summary: RolloutSummary) -> RolloutOut:
 @router.post("/services/{name}/rollouts", status_code=201)
 async def start_rollout(name: str, body: StartRollout, ctx: Ctx, actor: Actor) -> RolloutOut:
     target = _version(body.to) if body.to else None
-    summary = await ctx.runner.call(r.StartRollout(name, target, actor, body.note))
+    summary = await ctx.runner.call(r.StartRollout(name, target, actor, body.note, hotfix=body.hotfix))
     return _rollout_out(ctx, summary)
 
 

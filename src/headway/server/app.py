@@ -20,6 +20,8 @@ from headway.protocol.messages import CHANNEL_PATH
 from headway.server.api import router
 from headway.server.artifacts import ArtifactFiles
 from headway.server.channel import agent_channel
+from headway.server.config_api import CONFIG_UPLOAD_PATH, config_router
+from headway.server.config_git import start_config_follower
 from headway.server.context import ServerContext
 from headway.server.hub import AgentHub
 from headway.server.runner import Runner, TrafficResult
@@ -44,7 +46,8 @@ class BodyLimit:
         if scope["type"] != "http":
             await self.app(scope, receive, send)
             return
-        limit = self.artifact_limit if scope["path"] == "/api/v1/artifacts" else self.json_limit
+        bulk = scope["path"] == "/api/v1/artifacts" or CONFIG_UPLOAD_PATH.match(scope["path"])
+        limit = self.artifact_limit if bulk else self.json_limit  # config uploads: checked again there
         declared = dict(scope.get("headers", [])).get(b"content-length")
         if declared is not None and declared.isdigit() and int(declared) > limit:
             await _problem(413, "too_large", f"the request body is over {limit} bytes")(scope, receive, send)
@@ -103,11 +106,12 @@ def create_app(
         )
         task = asyncio.create_task(runner.run(), name="headway-runner")
         traffic_task = asyncio.create_task(reconcile_forever(runner, driver, clock), name="headway-traffic")
+        config_task = start_config_follower(the_store, runner, clock, settings.state_dir)
         log.info("headway server ready (database %s)", settings.db_url.split("@")[-1])
         try:
             yield
         finally:
-            for background in (traffic_task, task):
+            for background in (config_task, traffic_task, task):
                 background.cancel()
                 with contextlib.suppress(asyncio.CancelledError):
                     await background
@@ -142,6 +146,7 @@ def create_app(
         return {"status": "ok", "version": headway.__version__}
 
     app.include_router(router)
+    app.include_router(config_router)
     install_ui(app, clock)
     app.add_api_websocket_route(CHANNEL_PATH, agent_channel)
     app.add_middleware(

@@ -48,7 +48,8 @@ from headway.engine.events import (
 )
 from headway.engine.state import RolloutState
 from headway.errors import Conflict, HeadwayError, NotFound, StoreUnavailable
-from headway.protocol.messages import Desired, DesiredRelease, Observation
+from headway.protocol.messages import ConfigBundle, Desired, DesiredRelease, Observation
+from headway.server import configs
 from headway.server.hub import AgentHub
 from headway.server.readiness import StoreServeFlags
 from headway.server.traffic_driver import TrafficDriver, TrafficOutcome
@@ -94,6 +95,7 @@ class StartRollout(_Request):
     to_release: int | None
     actor: str
     note: str = ""
+    hotfix: bool = False  # bigger batches, short bakes, still verified (configs.hotfix_strategy)
 
 
 @dataclass
@@ -115,6 +117,14 @@ class ServiceRollback(_Request):
 class ReleaseCreated(_Request):
     service: str
     number: int
+
+
+@dataclass
+class RestoreConfig(_Request):
+    """Re-apply the released config on the service's drifted hosts (configs.restore_drifted)."""
+
+    service: str
+    actor: str
 
 
 @dataclass
@@ -141,6 +151,7 @@ Request = (
     | RolloutCommand
     | ServiceRollback
     | ReleaseCreated
+    | RestoreConfig
     | TrafficResult
     | VerificationResult
     | ServiceLoad
@@ -364,6 +375,12 @@ class Runner:
             return self._service_rollback(tx, request, now, changed)
         if isinstance(request, ReleaseCreated):
             return self._release_created(tx, request, now, pushes)
+        if isinstance(request, RestoreConfig):
+            bumped = configs.restore_drifted(
+                tx, request.service, self.by_service.get(request.service), now, request.actor
+            )
+            pushes.extend(bumped)
+            return bumped
         if isinstance(request, TrafficResult):
             return self._traffic_result(tx, request.outcome, now, changed)
         if isinstance(request, VerificationResult):
@@ -386,7 +403,14 @@ class Runner:
         changed: dict[str, list[Action]],
     ) -> None:
         tx.record_observation(
-            host, observed.release, observed.generation, observed.health, observed.detail, now
+            host,
+            observed.release,
+            observed.generation,
+            observed.health,
+            observed.detail,
+            now,
+            config_applied=observed.config_applied,
+            config_on_disk=observed.config_on_disk,
         )
         self._feed_engine(host, observed, connected, now, changed)
 
@@ -433,6 +457,8 @@ class Runner:
             request.observed.health,
             request.observed.detail,
             now,
+            config_applied=request.observed.config_applied,
+            config_on_disk=request.observed.config_on_disk,
         )
         rollout_id = self.by_service.get(request.service)
         if rollout_id is None and view.desired_release is None:
@@ -510,7 +536,9 @@ class Runner:
                 f"every host of {request.service} already runs v{target}",
                 hint="create a new release first (`headway release create`)",
             )
-        return self._begin(tx, spec, hosts, current, target, request.actor, now, changed)
+        return self._begin(
+            tx, spec, hosts, current, target, request.actor, now, changed, hotfix=request.hotfix
+        )
 
     def _begin(
         self,
@@ -522,24 +550,53 @@ class Runner:
         actor: str,
         now: float,
         changed: dict[str, list[Action]],
+        *,
+        hotfix: bool = False,
     ) -> RolloutSummary:
         rollout_id = f"{spec.name}-v{target}-{uuid.uuid4().hex[:6]}"
+        # A release that keeps the current artifact and params and only changes config,
+        # for a service that applies config by reload, restarts nothing: each agent writes
+        # the files, validates them and reloads the app in place, which keeps serving. So
+        # the rollout runs without traffic steps (no drain before, no readmit after); the
+        # batches, health checks and gates are the same. Rolling back to the previous
+        # release is the same kind of change, so it too goes without drains.
+        reload_only = current is not None and configs.config_only_reload(
+            spec, tx.get_release(spec.name, current), tx.get_release(spec.name, target)
+        )
+        # A hotfix is the service's strategy with bigger batches and a short bake
+        # (configs.hotfix_strategy): a plan for the engine like any other, not a new branch.
+        strategy = configs.hotfix_strategy(spec.strategy) if hotfix else spec.strategy
         decision = machine.new_rollout(
             rollout_id=rollout_id,
             service=spec.name,
             from_release=current,
             to_release=target,
-            strategy=spec.strategy,
+            strategy=strategy,
             hosts=hosts,
             now=now,
             actor=actor,
-            traffic=spec.traffic.balancer is not BalancerKind.NONE,
+            traffic=spec.traffic.balancer is not BalancerKind.NONE and not reload_only,
             live_pool=tx.get_meta(live_pool_key(spec.name)),
             max_rps_per_host=spec.traffic.max_rps_per_host,
             verification=spec.verification,
         )
         summary = self._summary(decision.state, now, actor)
         tx.create_rollout(summary, decision.state.to_dict())
+        if hotfix or reload_only:
+            how = ["hotfix: 25% batches, 1s healthy" if hotfix else ""]
+            how.append("reload: no drain" if reload_only else "")
+            tx.append_events(
+                [
+                    NewEvent(
+                        ts=now,
+                        kind="rollout.config_plan",
+                        message=f"rollout {rollout_id}: " + "; ".join(h for h in how if h),
+                        service=spec.name,
+                        rollout_id=rollout_id,
+                        actor=actor,
+                    )
+                ]
+            )
         self.states[rollout_id] = decision.state
         self.by_service[spec.name] = rollout_id
         changed.setdefault(rollout_id, []).extend(decision.actions)
@@ -864,7 +921,15 @@ class Runner:
             if release is None:
                 release = tx.get_release(host.service, host.desired_release)
                 self._release_cache[key] = release
+            bundle = None
+            if release.config is not None:
+                bundle = ConfigBundle(
+                    digest=release.config.digest,
+                    size=release.config.size,
+                    url=configs.bundle_url(release.config.digest),
+                    revision=release.config.revision,
+                )
             release_msg = DesiredRelease(
-                number=release.number, artifact=release.artifact, params=release.params
+                number=release.number, artifact=release.artifact, params=release.params, config=bundle
             )
         return Desired(generation=host.generation, release=release_msg, service=spec, serve=host.serve)

@@ -67,6 +67,11 @@ releases = sa.Table(
     sa.Column("created_at", sa.Double(), nullable=False),
     sa.Column("created_by", sa.Text(), nullable=False),
     sa.Column("note", sa.Text(), nullable=False),
+    # revision 0003: the config revision the release carries (all NULL: none)
+    sa.Column("config_digest", sa.Text(), nullable=True),
+    sa.Column("config_size", sa.BigInteger(), nullable=True),
+    sa.Column("config_revision", sa.Text(), nullable=True),
+    sa.Column("config_source", sa.Text(), nullable=True),
 )
 
 hosts = sa.Table(
@@ -85,7 +90,30 @@ hosts = sa.Table(
     sa.Column("detail", sa.Text(), nullable=False),
     sa.Column("last_seen", sa.Double(), nullable=False),
     sa.Column("serve", sa.Boolean(), nullable=False, server_default=sa.true()),  # revision 0002
+    sa.Column("config_applied", sa.Text(), nullable=False, server_default=""),  # revision 0003
+    sa.Column("config_on_disk", sa.Text(), nullable=False, server_default=""),  # revision 0003
     sa.Index("ix_hosts_service", "service"),
+)
+
+# revision 0003: config bundles by service, content-addressed (a digest is stored once per
+# service; its file lives in <state_dir>/configs/<hex>.tar.gz)
+config_revisions = sa.Table(
+    "config_revisions",
+    metadata,
+    sa.Column("service", sa.Text(), sa.ForeignKey("services.name"), primary_key=True),
+    sa.Column("digest", sa.Text(), primary_key=True),
+    sa.Column("id", sa.Text(), nullable=False),
+    sa.Column("size", sa.BigInteger(), nullable=False),
+    sa.Column("source", sa.Text(), nullable=False),
+    sa.Column("git_commit", sa.Text(), nullable=False),
+    sa.Column("committed_at", sa.Double(), nullable=True),
+    sa.Column("origin", sa.Text(), nullable=False),
+    sa.Column("files", sa.Text(), nullable=False),
+    sa.Column("path", sa.Text(), nullable=False),
+    sa.Column("created_at", sa.Double(), nullable=False),
+    sa.Column("created_by", sa.Text(), nullable=False),
+    sa.Index("ix_config_revisions_service_created", "service", "created_at"),
+    sa.Index("ix_config_revisions_digest", "digest"),
 )
 
 rollouts = sa.Table(

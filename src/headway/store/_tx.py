@@ -24,6 +24,8 @@ from sqlalchemy.engine import Connection
 
 from headway.domain.models import (
     ArtifactRef,
+    ConfigRevisionRef,
+    ConfigSourceKind,
     Event,
     Health,
     HostView,
@@ -43,6 +45,7 @@ from headway.store._schema import (
     rollouts,
     services,
 )
+from headway.store._tx_config import ConfigTx, config_drift
 from headway.store._types import NewEvent, OutboxItem
 
 log = logging.getLogger("headway.store")
@@ -82,8 +85,11 @@ def _loads_dict(text: str) -> dict[str, Any]:
 _DECODE_ERRORS = (ValueError, TypeError, KeyError, ValidationError, SpecError)
 
 
-class Tx:
-    """One transaction over the store. Obtain it from `Store.tx`."""
+class Tx(ConfigTx):
+    """One transaction over the store. Obtain it from `Store.tx`.
+
+    Config revisions and the config-rollout bookkeeping live in `ConfigTx` (``_tx_config``).
+    """
 
     def __init__(self, conn: Connection) -> None:
         self._conn = conn
@@ -205,6 +211,16 @@ class Tx:
                 digest=row.artifact_digest, size=row.artifact_size, url=row.artifact_url
             ),
             params=_loads_dict(row.params),
+            config=(
+                None
+                if row.config_digest is None
+                else ConfigRevisionRef(
+                    digest=row.config_digest,
+                    size=row.config_size,
+                    revision=row.config_revision,
+                    source=ConfigSourceKind(row.config_source),
+                )
+            ),
             created_at=row.created_at,
             created_by=row.created_by,
             note=row.note,
@@ -218,6 +234,7 @@ class Tx:
         created_by: str,
         note: str,
         now: float,
+        config: ConfigRevisionRef | None = None,
     ) -> Release:
         """A new immutable release numbered one above the service's last (1, 2, 3, ...).
 
@@ -238,6 +255,7 @@ class Tx:
             number=number,
             artifact=artifact,
             params=dict(params),
+            config=config,
             created_at=now,
             created_by=created_by,
             note=note,
@@ -253,6 +271,10 @@ class Tx:
                 created_at=now,
                 created_by=created_by,
                 note=note,
+                config_digest=config.digest if config else None,
+                config_size=config.size if config else None,
+                config_revision=config.revision if config else None,
+                config_source=config.source.value if config else None,
             )
         )
         return release
@@ -303,6 +325,9 @@ class Tx:
             detail=row.detail,
             last_seen=row.last_seen,
             serve=bool(row.serve),
+            config_applied=row.config_applied,
+            config_on_disk=row.config_on_disk,
+            config_drift=config_drift(row.config_applied, row.config_on_disk),
         )
 
     def upsert_host(
@@ -347,19 +372,31 @@ class Tx:
         health: Health,
         detail: str,
         now: float,
+        *,
+        config_applied: str | None = None,
+        config_on_disk: str | None = None,
     ) -> HostView:
-        """Store what the host's agent reports; the host is connected and seen now."""
+        """Store what the host's agent reports; the host is connected and seen now.
+
+        ``config_applied`` / ``config_on_disk``: the agent's config hashes (drift); None
+        leaves the stored ones as they are.
+        """
+        values: dict[str, Any] = {
+            "observed_release": release,
+            "observed_generation": generation,
+            "health": Health(health).value,
+            "detail": detail,
+            "connected": True,
+            "last_seen": now,
+        }
+        if config_applied is not None:
+            values["config_applied"] = config_applied[:200]
+        if config_on_disk is not None:
+            values["config_on_disk"] = config_on_disk[:200]
         row = self._conn.execute(
             sa.update(hosts)
             .where(hosts.c.name == name)
-            .values(
-                observed_release=release,
-                observed_generation=generation,
-                health=Health(health).value,
-                detail=detail,
-                connected=True,
-                last_seen=now,
-            )
+            .values(**values)
             .returning(*hosts.c)
         ).first()
         if row is None:
