@@ -83,8 +83,11 @@ def issue_traffic(ctx: Ctx, host_name: str, kind: str, *, purpose: str, weight: 
     }
     if kind == "drain":
         ctx.actions.append(Drain(action_id, host_name))
+        ctx.record("traffic.drain", f"{host_name}: draining at the load balancer", host_name)
     else:
         ctx.actions.append(Admit(action_id, host_name, weight))
+        at = f" at weight {weight}" if weight is not None else ""
+        ctx.record("traffic.admit", f"{host_name}: admitting at the load balancer{at}", host_name)
     if purpose == "host":
         s.hosts[host_name].pending_action = action_id
     return action_id
