@@ -62,3 +62,28 @@ def test_scale_bench_runs_without_the_propagation_phase(capsys: pytest.CaptureFi
         "rollout",
         "rollback",
     }
+
+
+def test_the_simulators_parser_gives_what_the_protocol_parser_gives() -> None:
+    from headway.protocol.messages import Welcome, server_message
+
+    bench = load_bench()
+    once = bench.OnceParsed()
+    spec = {"name": "web", "run": {"start": ["./app"]}, "health": {"http": {}}}
+    artifact = {"digest": "sha256:" + "a" * 64, "size": 1, "url": "/a"}
+    frames = [
+        json.dumps(
+            {
+                "type": "desired",
+                "generation": g,
+                "release": {"number": n, "artifact": artifact, "params": {"K": "v"}},
+                "service": spec,
+                "serve": serve,
+            },
+            separators=(",", ":"),
+        )
+        for g, n, serve in [(1, 2, True), (2, 2, True), (3, 2, False), (4, 3, True), (10**9, 2, True)]
+    ]
+    frames.append(Welcome(host="h1").model_dump_json())
+    for frame in frames + frames:
+        assert once.validate_json(frame) == server_message.validate_json(frame)

@@ -46,7 +46,7 @@ from headway.engine.events import (
     TrafficDone,
     Verdict,
 )
-from headway.engine.state import RolloutState
+from headway.engine.state import RolloutState, StateEncoder
 from headway.errors import Conflict, HeadwayError, NotFound, StoreUnavailable
 from headway.protocol.messages import ConfigBundle, Desired, DesiredRelease, Observation
 from headway.server import configs
@@ -54,7 +54,7 @@ from headway.server.hub import AgentHub
 from headway.server.readiness import StoreServeFlags
 from headway.server.traffic_driver import TrafficDriver, TrafficOutcome
 from headway.server.verification import VerificationOutcome, Verifier
-from headway.store import NewEvent, OutboxItem, Store, Tx
+from headway.store import HostObservation, NewEvent, OutboxItem, Store, Tx
 
 log = logging.getLogger("headway.runner")
 
@@ -190,6 +190,11 @@ class Runner:
         self.host_service: dict[str, str] = {}
         self.connected_since_start: set[str] = set()
         self._release_cache: dict[tuple[str, int], Release] = {}
+        # persistence: per active rollout, its encoder and the state text last committed
+        self._encoders: dict[str, StateEncoder] = {}
+        self._saved: dict[str, str] = {}
+        self._saving: dict[str, str] = {}  # written by the batch in progress
+        self._observations: dict[str, HostObservation] = {}  # reports not yet written
         self._service_cache: dict[str, ServiceSpec] = {}
         self._started_at = 0.0
         self._grace_done = False
@@ -279,6 +284,8 @@ class Runner:
         """Load active rollouts from the store and re-run the pending outbox."""
         self.states.clear()
         self.by_service.clear()
+        self._encoders.clear()
+        self._saved.clear()
         self._release_cache.clear()
         self._service_cache.clear()
         with self.store.tx() as tx:
@@ -313,8 +320,11 @@ class Runner:
         results: list[tuple[Request, Any]] = []
         outbox: list[OutboxItem] = []
         pushes: list[str] = []  # hosts whose desired state changed outside the engine
+        self._observations = {}
+        self._saving = {}
         with self.store.tx() as tx:
             for request in batch:
+                self._flush_observations_for(tx, request, now)
                 try:
                     result = self._apply(tx, request, now, changed, pushes)
                     results.append((request, result))
@@ -328,12 +338,19 @@ class Runner:
                 if deadline is not None and deadline <= now:
                     decision = machine.step(state, Tick(), now)
                     changed.setdefault(rollout_id, []).extend(decision.actions)
+            self._flush_observations(tx, now)
             for rollout_id, actions in changed.items():
                 outbox.extend(self._persist(tx, rollout_id, actions, now))
             if outbox:
                 tx.add_outbox(outbox)
             desired_now = {h: self._desired_message(tx, h) for h in pushes}
-        # committed: act, then answer
+        # committed: remember what the store holds, act, then answer
+        for rollout_id, text in self._saving.items():
+            if rollout_id in self.states:
+                self._saved[rollout_id] = text
+        for rollout_id in [r for r in self._encoders if r not in self.states]:
+            del self._encoders[rollout_id]
+            self._saved.pop(rollout_id, None)
         for host, message in desired_now.items():
             if message is not None:
                 self.hub.push(host, message)
@@ -402,17 +419,37 @@ class Runner:
         now: float,
         changed: dict[str, list[Action]],
     ) -> None:
-        tx.record_observation(
+        self._buffer_observation(host, observed)
+        self._feed_engine(host, observed, connected, now, changed)
+
+    def _buffer_observation(self, host: str, observed: Observation) -> None:
+        """Written with the batch's other reports in one statement (`_flush_observations`)."""
+        self._observations[host] = HostObservation(
             host,
             observed.release,
             observed.generation,
-            observed.health,
+            observed.health.value,
             observed.detail,
-            now,
-            config_applied=observed.config_applied,
-            config_on_disk=observed.config_on_disk,
+            observed.config_applied,
+            observed.config_on_disk,
         )
-        self._feed_engine(host, observed, connected, now, changed)
+
+    def _flush_observations_for(self, tx: Tx, request: Request, now: float) -> None:
+        """Write the buffered reports before ``request`` could read or overwrite them.
+
+        Reports of one host only meet a hello or a disconnect of that host; any
+        other request may read hosts (a rollout start lists them), so it sees them all.
+        """
+        if not self._observations or isinstance(request, HostReport):
+            return
+        if isinstance(request, HostHello | HostGone) and request.host not in self._observations:
+            return
+        self._flush_observations(tx, now)
+
+    def _flush_observations(self, tx: Tx, now: float) -> None:
+        if self._observations:
+            tx.record_observations(list(self._observations.values()), now)
+            self._observations = {}
 
     def _feed_engine(
         self,
@@ -450,16 +487,7 @@ class Runner:
         view = tx.upsert_host(request.host, request.service, request.address, request.labels, now)
         self.host_service[request.host] = request.service
         self.connected_since_start.add(request.host)
-        tx.record_observation(
-            request.host,
-            request.observed.release,
-            request.observed.generation,
-            request.observed.health,
-            request.observed.detail,
-            now,
-            config_applied=request.observed.config_applied,
-            config_on_disk=request.observed.config_on_disk,
-        )
+        self._buffer_observation(request.host, request.observed)
         rollout_id = self.by_service.get(request.service)
         if rollout_id is None and view.desired_release is None:
             current = self._current_release(tx, request.service)
@@ -675,6 +703,7 @@ class Runner:
         state = self.states[rollout_id]
         events: list[NewEvent] = []
         outbox: list[OutboxItem] = []
+        desired: list[tuple[str, int | None, int]] = []
         for action in actions:
             if isinstance(action, RecordEvent):
                 events.append(
@@ -689,7 +718,7 @@ class Runner:
                     )
                 )
             elif isinstance(action, SetDesired):
-                tx.set_host_desired(action.host, action.release, action.generation)
+                desired.append((action.host, action.release, action.generation))
                 outbox.append(
                     OutboxItem(
                         action_id=action.action_id,
@@ -734,9 +763,16 @@ class Runner:
                         },
                     )
                 )
+        tx.set_hosts_desired(desired)
         if events:
             tx.append_events(events)
-        tx.save_rollout(self._summary(state, now, ""), state.to_dict())
+        # Saved whenever it changed, in this transaction, before any action runs. Only
+        # the hosts that changed since the last save are encoded again (StateEncoder);
+        # a state identical to the stored one (a heartbeat changed nothing) is not rewritten.
+        text = self._encoders.setdefault(rollout_id, StateEncoder()).encode(state)
+        if text != self._saved.get(rollout_id):
+            tx.save_rollout(self._summary(state, now, ""), text)
+            self._saving[rollout_id] = text
         if state.phase.terminal:
             del self.states[rollout_id]
             if self.by_service.get(state.service) == rollout_id:

@@ -13,6 +13,6 @@ The schema is managed by the Alembic migrations shipped in
 
 from headway.store._store import Store
 from headway.store._tx import CorruptRecord, Tx
-from headway.store._types import NewEvent, OutboxItem
+from headway.store._types import HostObservation, NewEvent, OutboxItem
 
-__all__ = ["CorruptRecord", "NewEvent", "OutboxItem", "Store", "Tx"]
+__all__ = ["CorruptRecord", "HostObservation", "NewEvent", "OutboxItem", "Store", "Tx"]

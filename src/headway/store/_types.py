@@ -29,3 +29,16 @@ class OutboxItem:
     action_id: str
     rollout_id: str
     payload: dict[str, Any]
+
+
+@dataclass(frozen=True, slots=True)
+class HostObservation:
+    """One agent report for `Tx.record_observations`: what the host runs and how it is."""
+
+    name: str
+    release: int | None
+    generation: int
+    health: str  # a `headway.domain.models.Health` value
+    detail: str = ""
+    config_applied: str = ""  # the agent's config hashes (drift), "" without config
+    config_on_disk: str = ""
