@@ -186,6 +186,7 @@ class Runner:
         self.reconnect_grace = reconnect_grace
         self.queue: asyncio.Queue[Request] = asyncio.Queue()
         self.states: dict[str, RolloutState] = {}  # active rollouts by id
+        self._creators: dict[str, str] = {}  # who started each active rollout
         self.by_service: dict[str, str] = {}
         self.host_service: dict[str, str] = {}
         self.connected_since_start: set[str] = set()
@@ -306,6 +307,7 @@ class Runner:
                     )
                     continue
                 self.states[state.rollout_id] = state
+                self._creators[state.rollout_id] = summary.created_by
                 self.by_service[state.service] = state.rollout_id
             for host in tx.list_hosts():
                 self.host_service[host.name] = host.service
@@ -780,6 +782,12 @@ class Runner:
         return outbox
 
     def _summary(self, state: RolloutState, now: float, actor: str) -> RolloutSummary:
+        """The rollout's row; ``actor`` (who started it) is remembered across saves."""
+        if actor:
+            self._creators[state.rollout_id] = actor
+        actor = self._creators.get(state.rollout_id, "")
+        if state.phase.terminal:
+            self._creators.pop(state.rollout_id, None)
         counts = machine.progress(state)
         return RolloutSummary(
             id=state.rollout_id,
