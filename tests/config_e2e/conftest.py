@@ -109,6 +109,7 @@ class ConfigFleet:
     repo: Path
     spec: dict[str, Any]
     files: dict[str, bytes] = field(default_factory=dict)  # the branch head's subdir files
+    released: dict[str, bytes] = field(default_factory=dict)  # those of the last commit rolled out
 
     @property
     def env(self) -> dict[str, str]:
@@ -167,6 +168,8 @@ class ConfigFleet:
                 summary = self.client.get_rollout(rollout_id).rollout
                 timed = any(e.kind == "config.timing" and rollout_id in e.message for e in events)
                 if summary.status.terminal and timed:
+                    if summary.status.value == "succeeded":
+                        self.released = dict(commit.files)
                     return CommitRollout(commit, release, summary, events)
             if time.monotonic() > deadline:
                 kinds = [f"{e.kind}: {e.message}" for e in events[-30:]]

@@ -22,7 +22,7 @@ pytestmark = pytest.mark.integration
 
 def _no_failed_requests(records: list[RequestRecord], what: str) -> None:
     total = summarize(records)
-    assert total.sent >= 60, (what, total)
+    assert total.sent >= 20, (what, total)
     assert total.failed == 0, (what, total.errors)
 
 
@@ -104,13 +104,13 @@ def test_b_a_config_that_fails_validation_is_never_activated(cfleet: ConfigFleet
         assert cfleet.config_files(host) == before_files[host.name], host.name
         assert not (host.state_dir / "config" / done.revision()).exists(), host.name
     assert cfleet.greetings() == before_greetings
-    cfleet.files = before_files[cfleet.fleet.hosts[0].name]
+    assert all(files == cfleet.released for files in before_files.values())
 
 
 def test_c_a_config_that_breaks_the_app_is_caught_at_the_first_canary_step(
     cfleet: ConfigFleet,
 ) -> None:
-    previous = cfleet.files  # what every host runs now
+    previous = cfleet.released  # the last revision rolled out: what every host runs now
     pids = cfleet.app_pids()
     current = cfleet.client.get_service("web").current_release
     after = cfleet.last_event_id()
