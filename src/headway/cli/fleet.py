@@ -26,6 +26,8 @@ from headway.cli._render import rollout_view
 from headway.client.watch import RolloutSnapshot
 from headway.domain.models import Event
 from headway.domain.spec import StrategyKind
+from headway.errors import SpecError
+from headway.fleet import bad_release as bad_module
 from headway.fleet import demo as demo_module
 from headway.fleet import local
 
@@ -217,7 +219,7 @@ def _ms(value: float | None) -> str:
     return "-" if value is None else f"{value * 1000:.0f} ms"
 
 
-def _print_figures(console: Console, summary: demo_module.DemoSummary) -> None:
+def _print_figures(console: Console, summary: demo_module.DemoSummary | bad_module.BadReleaseSummary) -> None:
     table = Table(title="zero-downtime figures (by when each request was due)", show_edge=False)
     for column in ("window", "sent", "2xx", "non-2xx", "conn errors", "p50", "p99",
                    "p50 /", "p99 /", "versions"):
@@ -238,15 +240,17 @@ def _print_figures(console: Console, summary: demo_module.DemoSummary) -> None:
 @handled
 def demo(
     strategy: Annotated[
-        StrategyKind,
+        StrategyKind | None,
         typer.Option(
             "--strategy",
             help="How to roll v2 out: rolling (20% batches), canary (10%, pause 5s, 50%, "
             "pause 5s, 100%) or blue-green (hosts in pools blue and green; 50% then 100% of "
-            "traffic to the new pool, a 5 s rollback window).",
+            "traffic to the new pool, a 5 s rollback window). Default: rolling; canary "
+            "with --bad-release.",
             case_sensitive=False,
+            show_default=False,
         ),
-    ] = StrategyKind.ROLLING,
+    ] = None,
     hosts: HostsOption = demo_module.DEFAULT_DEMO_HOSTS,
     rate: Annotated[
         float,
@@ -259,6 +263,16 @@ def demo(
     stay: Annotated[
         bool, typer.Option("--stay", help="Keep the fleet running afterwards to explore it.")
     ] = False,
+    bad_release: Annotated[
+        bool,
+        typer.Option(
+            "--bad-release",
+            help="After a good v2, roll out a v3 that answers 500 to 30% of requests "
+            "(ERROR_RATE=0.3): the first canary step's verification catches it and Headway "
+            "rolls back by itself; the summary shows the time to detect, the time to roll "
+            "back and how many requests the bad release answered.",
+        ),
+    ] = False,
     state_dir: StateDirOption = demo_module.DEFAULT_DEMO_DIR,
     port: PortOption = local.DEFAULT_PORT,
     traffic_port: TrafficPortOption = local.DEFAULT_TRAFFIC_PORT,
@@ -269,15 +283,24 @@ def demo(
     with live progress, and end with the zero-downtime figures.
 
     Exits 0 only if every host ends healthy on v2 (blue-green: the new live pool; the old
-    one stays on v1 for a rollback) and no request failed.
+    one stays on v1 for a rollback) and no request failed. With --bad-release, only if v3
+    was stopped at the first canary step and rolled back, with every host healthy on v2.
     """
+    if bad_release:
+        if strategy not in (None, StrategyKind.CANARY):
+            raise SpecError(
+                f"--bad-release runs a canary rollout, not {strategy.value}",
+                hint="leave out --strategy (or pass --strategy canary)",
+            )
+        _bad_release_demo(hosts, rate, stay, state_dir, port, traffic_port, address_prefix, json_out)
+        return
     console = stdout_console()
     view = _LiveDemo(console, _progress(json_out), enabled=not json_out)
     try:
         summary = demo_module.run_demo(
             state_dir,
             hosts,
-            strategy=strategy,
+            strategy=strategy or StrategyKind.ROLLING,
             rate=rate,
             stay=stay,
             port=port,
@@ -311,6 +334,74 @@ def demo(
             f"{total.connection_errors} connection errors[/bold]; p50/p99 before "
             f"{_ms(before.p50)}/{_ms(before.p99)}, during {_ms(during.p50)}/{_ms(during.p99)}; "
             f"versions seen: {', '.join(sorted(total.versions)) or '-'}"
+        )
+        if stay:
+            fleet = local.load_fleet(summary.state_dir)
+            if fleet is not None:
+                _print_try(fleet, stop_hint=True)
+    if not summary.ok:
+        raise typer.Exit(EXIT_ROLLOUT_FAILED)
+
+
+def _seconds(value: float | None) -> str:
+    return "-" if value is None else f"{value:.1f} s"
+
+
+def _bad_release_demo(
+    hosts: int,
+    rate: float,
+    stay: bool,
+    state_dir: Path,
+    port: int,
+    traffic_port: int,
+    address_prefix: str,
+    json_out: bool,
+) -> None:
+    console = stdout_console()
+    view = _LiveDemo(console, _progress(json_out), enabled=not json_out)
+    try:
+        summary = bad_module.run_bad_release_demo(
+            state_dir,
+            hosts,
+            rate=rate,
+            stay=stay,
+            port=port,
+            traffic_port=traffic_port,
+            address_prefix=address_prefix,
+            on_frame=view.update,
+            log=view.log,
+        )
+    finally:
+        view.close()
+    if json_out:
+        print_json(summary.to_json())
+    else:
+        style = "green" if summary.ok else "red"
+        bad = summary.bad
+        outcome = (
+            f"{summary.bad_version} rollout {bad.id} {bad.status.value.replace('_', ' ')}"
+            if bad is not None
+            else f"{summary.bad_version} was never rolled out"
+        )
+        console.print(
+            f"\n[{style}]{'demo passed' if summary.ok else 'demo failed'}[/{style}]: {outcome}; "
+            f"{summary.hosts_healthy_on_previous}/{summary.hosts_total} hosts healthy on the "
+            f"previous release"
+        )
+        for problem in summary.problems:
+            console.print(f"  [red]{escape(problem)}[/red]")
+        if summary.timings.verdict:
+            console.print(f"[bold]verdict[/bold]: {escape(summary.timings.verdict)}")
+        _print_figures(console, summary)
+        t = summary.timings
+        params = ", ".join(f"{k}={v}" for k, v in summary.bad_params.items())
+        console.print(
+            f"[bold]bad release {summary.bad_version} ({params})[/bold]: caught in "
+            f"[bold]{_seconds(t.detect)}[/bold] (bad host in load balancing -> failing verdict; "
+            f"each verification observes {summary.verification_seconds:g} s), rolled back in "
+            f"[bold]{_seconds(t.rollback)}[/bold] (drain {_seconds(t.drain)}, then "
+            f"{_seconds(t.after_drain)}); it answered [bold]{summary.bad_requests}[/bold] "
+            f"requests, {summary.bad_requests_failed} of them failed"
         )
         if stay:
             fleet = local.load_fleet(summary.state_dir)

@@ -96,6 +96,7 @@ class Phase(StrEnum):
     BEFORE = "before"
     DURING = "during"
     AFTER = "after"
+    BAD_RELEASE = "bad release"  # `headway demo --bad-release` (headway.fleet.bad_release): v3
     FINISHING = "finishing"  # no new requests; waiting for the ones in flight
 
 
