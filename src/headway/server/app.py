@@ -23,12 +23,14 @@ from headway.server.channel import agent_channel
 from headway.server.config_api import CONFIG_UPLOAD_PATH, config_router
 from headway.server.config_git import start_config_follower
 from headway.server.context import ServerContext
+from headway.server.gates import GateRunner
 from headway.server.hub import AgentHub
-from headway.server.runner import Runner, TrafficResult
+from headway.server.runner import Runner, TrafficResult, VerificationResult
 from headway.server.settings import ServerSettings, load_or_create_tokens
 from headway.server.traffic_driver import TrafficDriver
 from headway.server.traffic_loop import reconcile_forever
 from headway.server.ui import install_ui
+from headway.server.verification import Verifier
 from headway.store import Store
 
 log = logging.getLogger("headway.server")
@@ -93,7 +95,18 @@ def create_app(
         driver = TrafficDriver(
             lambda outcome: runner_box[0].submit(TrafficResult(outcome)), clock, random.Random()
         )
-        runner = Runner(the_store, hub, clock, reconnect_grace=settings.reconnect_grace, traffic=driver)
+        verifier = Verifier(
+            GateRunner(clock, random.Random(), driver.backend_for),
+            lambda outcome: runner_box[0].submit(VerificationResult(outcome)),
+        )
+        runner = Runner(
+            the_store,
+            hub,
+            clock,
+            reconnect_grace=settings.reconnect_grace,
+            traffic=driver,
+            verifier=verifier,
+        )
         runner_box.append(runner)
         app.state.headway = ServerContext(
             settings=settings,
