@@ -3,11 +3,13 @@
     python bench/plot_scale.py results.jsonl [more.jsonl ...] --out docs/img/scale-propagation.svg
 
 Each input line is one run's JSON object (as printed by ``scale.py --json``),
-or an object with that run under ``"result"`` (and an optional ``"label"``;
-only runs without a label or labelled ``after`` are plotted). For each fleet
-size the plot shows the median over its runs of the p50, p99 and maximum
-propagation time, and the 2 s target (T4). It writes a small self-contained
-SVG, so the documentation needs no plotting library.
+or an object with that run under ``"result"`` and a ``"label"``: runs without
+a label or labelled ``after`` make the lines, runs labelled ``before`` (the
+same benchmark against an earlier server) are drawn as single points. For each
+fleet size the plot shows the median over its runs of the p50, p99 and maximum
+propagation time (over the agents that are not slow), and the 2 s target (T4).
+It writes a small self-contained SVG, so the documentation needs no plotting
+library.
 """
 
 from __future__ import annotations
@@ -20,9 +22,10 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-WIDTH, HEIGHT = 640, 400
-LEFT, RIGHT, TOP, BOTTOM = 70, 150, 40, 60
+WIDTH, HEIGHT = 720, 420
+LEFT, RIGHT, TOP, BOTTOM = 70, 210, 40, 60
 TARGET_S = 2.0
+HOLLOW = 'fill="none" stroke="#d62728" stroke-width="2"'
 SERIES = (
     ("propagation_p50_s", "p50", "#1f77b4", ""),
     ("propagation_p99_s", "p99", "#d62728", ""),
@@ -30,7 +33,8 @@ SERIES = (
 )
 
 
-def load(paths: Sequence[Path]) -> list[dict[str, Any]]:
+def load(paths: Sequence[Path], label: str = "after") -> list[dict[str, Any]]:
+    """The runs with a propagation phase labelled ``label`` (a bare run counts as "after")."""
     runs: list[dict[str, Any]] = []
     for path in paths:
         for line in path.read_text().splitlines():
@@ -39,9 +43,11 @@ def load(paths: Sequence[Path]) -> list[dict[str, Any]]:
                 continue
             row = json.loads(line)
             if "result" in row:
-                if row.get("label", "after") != "after" or row["result"] is None:
+                if row.get("label", "after") != label or row["result"] is None:
                     continue
                 row = row["result"]
+            elif label != "after":
+                continue
             if row.get("propagation_agents"):
                 runs.append(row)
     return runs
@@ -58,10 +64,11 @@ def medians(runs: list[dict[str, Any]]) -> dict[int, dict[str, float]]:
     }
 
 
-def svg(points: dict[int, dict[str, float]], title: str) -> str:
+def svg(points: dict[int, dict[str, float]], title: str, before: dict[int, dict[str, float]]) -> str:
     sizes = list(points)
-    x_max = max(sizes) * 1.05
-    y_max = max([TARGET_S * 1.25] + [p[key] * 1.15 for p in points.values() for key, *_ in SERIES])
+    x_max = max(sizes + list(before)) * 1.05
+    everything = list(points.values()) + list(before.values())
+    y_max = max([TARGET_S * 1.25] + [p[key] * 1.15 for p in everything for key, *_ in SERIES])
     plot_w, plot_h = WIDTH - LEFT - RIGHT, HEIGHT - TOP - BOTTOM
 
     def x(v: float) -> float:
@@ -120,9 +127,21 @@ def svg(points: dict[int, dict[str, float]], title: str) -> str:
             f'stroke="{colour}" stroke-width="2"{dashing}/>'
             f'<text x="{LEFT + plot_w + 45}" y="{ly + 4}">{name}</text>'
         )
-    runs = ", ".join(f"{s:,}: {int(p['runs'])}" for s, p in points.items())
-    out.append(f'<text x="{LEFT + plot_w + 15}" y="{legend_y + 100}" font-size="10">runs per size</text>')
-    out.append(f'<text x="{LEFT + plot_w + 15}" y="{legend_y + 114}" font-size="10">{runs}</text>')
+    ly = legend_y + 20 * (len(SERIES) + 1)
+    for size, p in before.items():
+        bx, by = x(size), y(p["propagation_p99_s"])
+        out.append(f'<circle cx="{bx:.1f}" cy="{by:.1f}" r="5" {HOLLOW}/>')
+        out.append(f'<text x="{bx - 8:.1f}" y="{by + 4:.1f}" text-anchor="end">before: p99</text>')
+    if before:
+        out.append(
+            f'<circle cx="{LEFT + plot_w + 27}" cy="{ly}" r="5" {HOLLOW}/>'
+            f'<text x="{LEFT + plot_w + 45}" y="{ly + 4}">p99, earlier server</text>'
+        )
+        ly += 20
+    notes = ["1% slow agents (+5 s) left out", "runs per size:"]
+    notes += [f"{s:,}: {int(p['runs'])}" for s, p in points.items()]
+    for i, note in enumerate(notes):
+        out.append(f'<text x="{LEFT + plot_w + 15}" y="{ly + 10 + 14 * i}" font-size="11">{note}</text>')
     out.append("</svg>")
     return "\n".join(out) + "\n"
 
@@ -136,7 +155,8 @@ def main(argv: Sequence[str] | None = None) -> None:
     points = medians(load(args.results))
     if not points:
         parser.error("no run with a propagation phase in the results")
-    args.out.write_text(svg(points, args.title))
+    before = medians(load(args.results, "before"))
+    args.out.write_text(svg(points, args.title, before))
     for size, p in points.items():
         print(
             f"{size:>6} agents, {int(p['runs'])} run(s): p50 {p['propagation_p50_s']:.2f} s, "

@@ -118,7 +118,8 @@ def test_a_rollout_state_can_be_saved_as_its_encoded_text(store: Store) -> None:
     )
     state = {"phase": "running", "hosts": [{"name": "h1", "deadline": NOW + 0.25}]}
     with store.tx() as tx:
-        tx.create_rollout(summary, {})
+        tx.create_rollout(summary, '{"phase":"new"}')
+        assert tx.get_rollout("r1") == (summary, {"phase": "new"})
         tx.save_rollout(summary, json.dumps(state, separators=(",", ":")))
     with store.tx() as tx:
         assert tx.get_rollout("r1") == (summary, state)

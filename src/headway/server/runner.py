@@ -611,7 +611,9 @@ class Runner:
             verification=spec.verification,
         )
         summary = self._summary(decision.state, now, actor)
-        tx.create_rollout(summary, decision.state.to_dict())
+        text = self._encoders.setdefault(rollout_id, StateEncoder()).encode(decision.state)
+        tx.create_rollout(summary, text)
+        self._saving[rollout_id] = text
         if hotfix or reload_only:
             how = ["hotfix: 25% batches, 1s healthy" if hotfix else ""]
             how.append("reload: no drain" if reload_only else "")
@@ -772,7 +774,7 @@ class Runner:
         # the hosts that changed since the last save are encoded again (StateEncoder);
         # a state identical to the stored one (a heartbeat changed nothing) is not rewritten.
         text = self._encoders.setdefault(rollout_id, StateEncoder()).encode(state)
-        if text != self._saved.get(rollout_id):
+        if text != self._saving.get(rollout_id, self._saved.get(rollout_id)):
             tx.save_rollout(self._summary(state, now, ""), text)
             self._saving[rollout_id] = text
         if state.phase.terminal:

@@ -634,11 +634,12 @@ class Tx(ConfigTx):
             hint="wait for the current rollout to finish, or abort it, then try again",
         )
 
-    def create_rollout(self, summary: RolloutSummary, state: dict[str, Any]) -> None:
+    def create_rollout(self, summary: RolloutSummary, state: dict[str, Any] | str) -> None:
         """Store a new rollout; Conflict if its id exists or its service has an active one.
 
         The one-active-rollout rule is also a partial unique index, so two
-        servers starting rollouts at once cannot both win.
+        servers starting rollouts at once cannot both win. ``state`` may be given
+        already encoded, as the JSON text of the object.
         """
         taken = self._conn.execute(
             sa.select(rollouts.c.id).where(rollouts.c.id == summary.id)
@@ -666,7 +667,7 @@ class Tx(ConfigTx):
                         service=summary.service,
                         status=summary.status.value,
                         summary=_dumps(summary.model_dump(mode="json")),
-                        state=_dumps(state),
+                        state=state if isinstance(state, str) else _dumps(state),
                         created_at=summary.created_at,
                         updated_at=summary.updated_at,
                     )
