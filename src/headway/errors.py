@@ -8,6 +8,8 @@
     ├── ArtifactError            digest mismatch, corrupt or oversized artifact -> HTTP 422
     ├── IllegalTransition        the engine got an event its phase forbids  (a bug or a race)
     ├── StoreUnavailable         the database cannot be reached             -> HTTP 503
+    ├── Fenced                   a deposed leader's write, refused by the store -> HTTP 503
+    ├── NoLeader                 no leader took a forwarded request in time -> HTTP 503
     └── ServerUnreachable        the CLI cannot reach the server            -> exit 2
 
 Errors are mapped at the edges: the API turns them into problem responses
@@ -66,6 +68,20 @@ class IllegalTransition(HeadwayError):
 class StoreUnavailable(HeadwayError):
     status_code = 503
     kind = "store_unavailable"
+
+
+class Fenced(HeadwayError):
+    """The store refused a write: the lease's fencing token moved on (another server leads)."""
+
+    status_code = 503
+    kind = "fenced"
+
+
+class NoLeader(HeadwayError):
+    """A server that does not lead could not get a request handled by the leader in time."""
+
+    status_code = 503
+    kind = "no_leader"
 
 
 class ServerUnreachable(HeadwayError):

@@ -18,8 +18,9 @@ from headway.clock import Clock
 from headway.domain.models import ArtifactRef, Health, HostView
 from headway.domain.spec import parse_service_spec
 from headway.protocol.messages import Desired, Observation
-from headway.server import runner as r
+from headway.server import requests as r
 from headway.server.hub import AgentHub
+from headway.server.runner import Runner
 from headway.store import Store
 
 T0 = 1_700_000_000.0
@@ -47,7 +48,7 @@ class Pushes(AgentHub):
         return True
 
 
-Setup = tuple[r.Runner, Store, StepClock, Pushes]
+Setup = tuple[Runner, Store, StepClock, Pushes]
 
 
 @pytest.fixture
@@ -68,7 +69,7 @@ def setup(tmp_path: Path) -> Setup:
         tx.create_release("web", ARTIFACT, {"V": "2"}, "t", "", T0)
         tx.set_service_current_release("web", 1)
     clock, hub = StepClock(), Pushes()
-    runner = r.Runner(store, hub, clock, reconnect_grace=0.0)
+    runner = Runner(store, hub, clock, reconnect_grace=0.0)
     runner._recover()
     runner._grace_done = True
     return runner, store, clock, hub

@@ -8,6 +8,7 @@ from typing import Annotated
 
 from fastapi import APIRouter, Depends, Query, Request
 from fastapi.responses import FileResponse
+from pydantic import BaseModel
 from starlette.concurrency import run_in_threadpool
 
 from headway.api_models import (
@@ -33,7 +34,7 @@ from headway.engine.events import Command
 from headway.engine.state import RolloutState
 from headway.errors import NotFound, SpecError
 from headway.server import configs
-from headway.server import runner as r
+from headway.server import requests as r
 from headway.server.auth import Role, require
 from headway.server.context import ServerContext, context_of
 from headway.store import NewEvent
@@ -69,13 +70,14 @@ def _service_out(ctx: ServerContext, name: str) -> ServiceOut:
         spec = tx.get_service(name)
         hosts = tx.list_hosts(name)
         current = tx.service_current_release(name)
+        active = tx.active_rollout(name)  # the leader's, whichever server answers
     return ServiceOut(
         name=spec.name,
         spec=spec.model_dump(mode="json"),
         current_release=current,
         hosts=len(hosts),
         hosts_healthy=sum(1 for h in hosts if h.connected and h.health is Health.HEALTHY),
-        active_rollout=ctx.runner.by_service.get(name),
+        active_rollout=active[0].id if active is not None else None,
     )
 
 
@@ -103,7 +105,7 @@ def apply_service(body: ApplyService, ctx: Ctx, actor: Actor) -> ServiceOut:
                 )
             ]
         )
-    ctx.runner.forget_service_spec(spec.name)
+    ctx.runner.service_changed(spec.name)
     return _service_out(ctx, spec.name)
 
 
@@ -303,3 +305,35 @@ def list_events(
 ) -> list[Event]:
     with ctx.store.tx() as tx:
         return tx.list_events(service, rollout, after, limit)
+
+
+class LeaseOut(BaseModel):
+    holder: str
+    about: str
+    token: int
+    expires_in: float  # seconds; negative: expired that long ago
+
+
+class ClusterOut(BaseModel):
+    server: str  # this server's id
+    role: str  # "leader" or "follower"
+    database: str  # "sqlite" (one server) or "postgresql" (several may share it)
+    lease: LeaseOut | None  # None on SQLite: there is no election
+
+
+@router.get("/cluster")
+def cluster(ctx: Ctx, _: Actor) -> ClusterOut:
+    """Which server leads the runner, and this server's part."""
+    lease = None
+    if ctx.store.shared:
+        with ctx.store.tx() as tx:
+            row = tx.lease()
+        lease = LeaseOut(
+            holder=row.holder, about=row.about, token=row.token, expires_in=row.expires_at - row.now
+        )
+    return ClusterOut(
+        server=ctx.leadership.server_id,
+        role="leader" if ctx.runner.leading else "follower",
+        database=ctx.store.dialect,
+        lease=lease,
+    )

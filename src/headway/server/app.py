@@ -23,9 +23,19 @@ from headway.server.channel import agent_channel
 from headway.server.config_api import CONFIG_UPLOAD_PATH, config_router
 from headway.server.config_git import start_config_follower
 from headway.server.context import ServerContext
+from headway.server.forwarding import Forwarder
 from headway.server.gates import GateRunner
 from headway.server.hub import AgentHub
-from headway.server.runner import Runner, TrafficResult, VerificationResult
+from headway.server.leadership import (
+    Leadership,
+    PostgresElection,
+    SoloLeadership,
+    describe_server,
+    new_server_id,
+)
+from headway.server.notices import NoticeHandlers, NoticeListener
+from headway.server.requests import TrafficResult, VerificationResult
+from headway.server.runner import Runner
 from headway.server.settings import ServerSettings, load_or_create_tokens
 from headway.server.traffic_driver import TrafficDriver
 from headway.server.traffic_loop import reconcile_forever
@@ -88,9 +98,23 @@ def create_app(
     @contextlib.asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         settings.state_dir.mkdir(parents=True, exist_ok=True)
-        the_store = store or Store(settings.db_url)
+        server_id = new_server_id()
+        the_store = store or Store(settings.db_url, application_name=server_id)
         the_store.migrate()
         hub = AgentHub()
+        leadership: Leadership
+        forwarder: Forwarder | None = None
+        if the_store.shared:  # PostgreSQL: other servers may share it; elect a leader
+            leadership = PostgresElection(
+                the_store,
+                server_id,
+                describe_server(f"{settings.host}:{settings.port}"),
+                clock,
+                ttl=settings.lease_ttl,
+            )
+            forwarder = Forwarder(the_store, server_id, clock)
+        else:
+            leadership = SoloLeadership(server_id)
         runner_box: list[Runner] = []
         driver = TrafficDriver(
             lambda outcome: runner_box[0].submit(TrafficResult(outcome)), clock, random.Random()
@@ -106,6 +130,8 @@ def create_app(
             reconnect_grace=settings.reconnect_grace,
             traffic=driver,
             verifier=verifier,
+            leadership=leadership,
+            forwarder=forwarder,
         )
         runner_box.append(runner)
         app.state.headway = ServerContext(
@@ -116,15 +142,33 @@ def create_app(
             artifacts=ArtifactFiles(settings.artifact_dir, settings.max_artifact_bytes),
             tokens=load_or_create_tokens(settings),
             clock=clock,
+            leadership=leadership,
         )
         task = asyncio.create_task(runner.run(), name="headway-runner")
+        cluster_tasks = []
+        if forwarder is not None:
+            listener = NoticeListener(
+                the_store,
+                NoticeHandlers(
+                    inbox=runner.inbox_arrived,
+                    reply=forwarder.take_replies,
+                    desired=runner.push_local,
+                    service=lambda name: runner.forget_service_spec(name) if name else runner.forget_all(),
+                    quiet=runner.push_stale,
+                ),
+            )
+            cluster_tasks = [
+                asyncio.create_task(listener.run(), name="headway-notices"),
+                asyncio.create_task(forwarder.run(), name="headway-replies"),
+            ]
+        election = asyncio.create_task(leadership.run(), name="headway-election")
         traffic_task = asyncio.create_task(reconcile_forever(runner, driver, clock), name="headway-traffic")
         config_task = start_config_follower(the_store, runner, clock, settings.state_dir)
         log.info("headway server ready (database %s)", settings.db_url.split("@")[-1])
         try:
             yield
         finally:
-            for background in (config_task, traffic_task, task):
+            for background in (config_task, traffic_task, *cluster_tasks, task, election):
                 background.cancel()
                 with contextlib.suppress(asyncio.CancelledError):
                     await background
@@ -155,8 +199,10 @@ def create_app(
         return _problem(422, "invalid", "; ".join(parts), "fix the fields named; see GET /docs for the API")
 
     @app.get("/healthz", include_in_schema=False)
-    def healthz() -> dict[str, str]:
-        return {"status": "ok", "version": headway.__version__}
+    def healthz(request: Request) -> dict[str, str]:
+        ctx = getattr(request.app.state, "headway", None)
+        role = "starting" if ctx is None else ("leader" if ctx.runner.leading else "follower")
+        return {"status": "ok", "version": headway.__version__, "role": role}
 
     app.include_router(router)
     app.include_router(config_router)

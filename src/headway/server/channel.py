@@ -12,7 +12,7 @@ from starlette.websockets import WebSocket, WebSocketDisconnect
 from headway.domain.spec import check_name
 from headway.errors import HeadwayError
 from headway.protocol.messages import ErrorMessage, Hello, Report, Welcome, agent_message
-from headway.server import runner as r
+from headway.server import requests as r
 from headway.server.auth import Role, role_of
 from headway.server.context import context_of
 from headway.server.hub import AgentSession
@@ -46,7 +46,7 @@ async def agent_channel(websocket: WebSocket) -> None:
         return
     except WebSocketDisconnect:
         return
-    await ctx.runner.ready.wait()
+    await ctx.runner.accepting()
     session = AgentSession(hello.host, websocket)
     await ctx.hub.attach(session)
     writer: asyncio.Task[None] | None = None

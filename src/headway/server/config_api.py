@@ -16,7 +16,7 @@ from starlette.concurrency import run_in_threadpool
 from headway.api_models import ConfigFromUrl, ConfigPushOut, ConfigRestoreOut
 from headway.domain.models import ConfigRevision, ConfigSourceKind
 from headway.errors import SpecError
-from headway.server import runner as r
+from headway.server import requests as r
 from headway.server.api import Actor, Ctx
 from headway.server.auth import Role, require
 from headway.server.config_bundle import BundleTooLarge

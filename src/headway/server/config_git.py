@@ -41,7 +41,8 @@ from headway.domain.spec import ServiceSpec
 from headway.errors import Conflict, HeadwayError, NotFound
 from headway.server.config_bundle import build_bundle, files_from_tar
 from headway.server.configs import ConfigFiles, StoredBundle, create_config_release, record_revision
-from headway.server.runner import Runner, StartRollout
+from headway.server.requests import StartRollout
+from headway.server.runner import Runner
 from headway.store import NewEvent, Store, Tx
 
 log = logging.getLogger("headway.config.git")
@@ -95,8 +96,8 @@ class ConfigFollower:
 
     async def run(self) -> None:
         """Poll every followed service when it is due, until cancelled."""
-        await self.runner.ready.wait()
         while True:
+            await self.runner.ready.wait()  # only the leader starts config rollouts
             try:
                 specs = await asyncio.to_thread(self._followed)
             except HeadwayError as error:

@@ -9,6 +9,7 @@ from starlette.requests import HTTPConnection
 from headway.clock import Clock
 from headway.server.artifacts import ArtifactFiles
 from headway.server.hub import AgentHub
+from headway.server.leadership import Leadership
 from headway.server.runner import Runner
 from headway.server.settings import ServerSettings, Tokens
 from headway.store import Store
@@ -23,6 +24,7 @@ class ServerContext:
     artifacts: ArtifactFiles
     tokens: Tokens
     clock: Clock
+    leadership: Leadership
 
 
 def context_of(conn: HTTPConnection) -> ServerContext:

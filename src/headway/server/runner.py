@@ -14,11 +14,11 @@ was not stored (reliability 4).
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import logging
 import uuid
-from collections.abc import Iterable
-from dataclasses import dataclass, field
+from collections.abc import Iterable, Iterator
 from typing import Any
 
 from headway.clock import Clock
@@ -47,11 +47,28 @@ from headway.engine.events import (
     Verdict,
 )
 from headway.engine.state import RolloutState, StateEncoder
-from headway.errors import Conflict, HeadwayError, NotFound, StoreUnavailable
+from headway.errors import Conflict, Fenced, HeadwayError, NotFound, StoreUnavailable
 from headway.protocol.messages import ConfigBundle, Desired, DesiredRelease, Observation
-from headway.server import configs
+from headway.server import configs, forwarding
+from headway.server.forwarding import Forwarder
 from headway.server.hub import AgentHub
+from headway.server.leadership import Leadership
 from headway.server.readiness import StoreServeFlags
+from headway.server.requests import (
+    HostGone,
+    HostHello,
+    HostReport,
+    ReleaseCreated,
+    Request,
+    RestoreConfig,
+    RolloutCommand,
+    ServiceLoad,
+    ServiceRollback,
+    StartRollout,
+    TrafficResult,
+    VerificationResult,
+    Wake,
+)
 from headway.server.traffic_driver import TrafficDriver, TrafficOutcome
 from headway.server.verification import VerificationOutcome, Verifier
 from headway.store import HostObservation, NewEvent, OutboxItem, Store, Tx
@@ -61,105 +78,22 @@ log = logging.getLogger("headway.runner")
 BATCH_LIMIT = 5000
 
 
-# ------------------------------------------------------------------ requests
-
-
-@dataclass
-class _Request:
-    reply: asyncio.Future[Any] | None = field(default=None, kw_only=True)
-
-
-@dataclass
-class HostHello(_Request):
-    host: str
-    service: str
-    address: str
-    labels: dict[str, str]
-    observed: Observation
-
-
-@dataclass
-class HostReport(_Request):
-    host: str
-    observed: Observation
-
-
-@dataclass
-class HostGone(_Request):
-    host: str
-
-
-@dataclass
-class StartRollout(_Request):
-    service: str
-    to_release: int | None
-    actor: str
-    note: str = ""
-    hotfix: bool = False  # bigger batches, short bakes, still verified (configs.hotfix_strategy)
-
-
-@dataclass
-class RolloutCommand(_Request):
-    rollout_id: str
-    command: Command
-    actor: str
-    reason: str = ""
-
-
-@dataclass
-class ServiceRollback(_Request):
-    service: str
-    actor: str
-    reason: str = ""
-
-
-@dataclass
-class ReleaseCreated(_Request):
-    service: str
-    number: int
-
-
-@dataclass
-class RestoreConfig(_Request):
-    """Re-apply the released config on the service's drifted hosts (configs.restore_drifted)."""
-
-    service: str
-    actor: str
-
-
-@dataclass
-class TrafficResult(_Request):
-    outcome: TrafficOutcome
-
-
-@dataclass
-class VerificationResult(_Request):
-    outcome: VerificationOutcome
-
-
-@dataclass
-class ServiceLoad(_Request):
-    service: str
-    rps: float
-
-
-Request = (
-    HostHello
-    | HostReport
-    | HostGone
-    | StartRollout
-    | RolloutCommand
-    | ServiceRollback
-    | ReleaseCreated
-    | RestoreConfig
-    | TrafficResult
-    | VerificationResult
-    | ServiceLoad
-)
-
-
 def live_pool_key(service: str) -> str:
     return f"live_pool:{service}"
+
+
+def _chunks(names: list[str], size: int) -> Iterator[str]:
+    """Comma-joined runs of ``names``, each under ``size`` characters (NOTIFY's limit is 8000)."""
+    chunk: list[str] = []
+    length = 0
+    for name in names:
+        if chunk and length + len(name) + 1 > size:
+            yield ",".join(chunk)
+            chunk, length = [], 0
+        chunk.append(name)
+        length += len(name) + 1
+    if chunk:
+        yield ",".join(chunk)
 
 
 # -------------------------------------------------------------------- runner
@@ -175,13 +109,27 @@ class Runner:
         reconnect_grace: float,
         traffic: TrafficDriver | None = None,
         verifier: Verifier | None = None,
+        leadership: Leadership | None = None,
+        forwarder: Forwarder | None = None,
     ) -> None:
         self.store = store
         self.hub = hub
         self.clock = clock
         self.traffic = traffic
         if traffic is not None and traffic.serve_flags is None:  # readiness balancers' flags
-            traffic.serve_flags = StoreServeFlags(store, self._desired_message, hub.push)
+            traffic.serve_flags = StoreServeFlags(store, self._desired_message, self._push)
+        # Several servers on one database: only the leader runs; the others forward.
+        self.leadership = leadership
+        self.forwarder = forwarder
+        self.fence: int | None = None  # the token every transaction of this runner checks
+        self.leading = False  # True while this runner handles requests (ready is set)
+        self._election = asyncio.Event()
+        self._inbox_signal = asyncio.Event()
+        self._inbox_taken: set[int] = set()  # inbox requests queued, not yet committed
+        self._remote_pushes: set[str] = set()  # hosts whose sessions live on other servers
+        self._late: set[asyncio.Future[None]] = set()  # requests re-sent to the new leader
+        if leadership is not None:
+            leadership.subscribe(self._election_changed)
         self.verifier = verifier
         self.reconnect_grace = reconnect_grace
         self.queue: asyncio.Queue[Request] = asyncio.Queue()
@@ -204,34 +152,191 @@ class Runner:
     # ---------------------------------------------------------------- public
 
     async def call(self, request: Request) -> Any:
-        """Queue a request and wait for its result (or its error)."""
+        """Queue a request and wait for its result (or its error); on a server that does
+        not lead, the leader handles it (`headway.server.forwarding`)."""
+        if self.forwarder is not None and not self.leading and forwarding.forwardable(request):
+            return await self.forwarder.call(request)
         request.reply = asyncio.get_running_loop().create_future()
         await self.queue.put(request)
         return await request.reply
 
     def submit(self, request: Request) -> None:
+        if self.forwarder is not None and not self.leading:
+            if forwarding.forwardable(request):
+                self.forwarder.submit(request)
+            else:  # a balancer or gate result of a term that ended: the leader redoes it
+                log.info("dropped %s: this server no longer leads", type(request).__name__)
+            return
         self.queue.put_nowait(request)
+
+    async def accepting(self) -> None:
+        """Wait until requests can be taken: at once with a forwarder, else when ready."""
+        if self.forwarder is None:
+            await self.ready.wait()
 
     def forget_service_spec(self, name: str) -> None:
         self._service_cache.pop(name, None)
+
+    def forget_all(self) -> None:
+        self._service_cache.clear()
+
+    def service_changed(self, name: str) -> None:
+        """A service's spec was stored here: forget it here and on the other servers."""
+        self.forget_service_spec(name)
+        if self.store.shared:
+            try:
+                with self.store.tx() as tx:
+                    tx.notify("service", name)
+            except StoreUnavailable as error:
+                log.warning("could not tell the other servers that %s changed: %s", name, error)
+
+    # -- leadership -----------------------------------------------------------------------
+
+    def _election_changed(self) -> None:
+        self._election.set()
+        self.queue.put_nowait(Wake())  # a loop waiting for requests looks again
+
+    def _elected(self) -> bool:
+        """This runner's term still stands (always, without an election)."""
+        return self.leadership is None or (
+            self.leadership.leading and self.leadership.token == self.fence
+        )
+
+    async def _wait_for_election(self) -> None:
+        while self.leadership is not None and not self.leadership.leading:
+            self._election.clear()
+            await self._election.wait()
+        self.fence = self.leadership.token if self.leadership is not None else None
+
+    def inbox_arrived(self) -> None:
+        """Another server added requests to the inbox (NOTIFY)."""
+        self._inbox_signal.set()
+
+    async def _pump_inbox(self) -> None:
+        """While leading: move other servers' requests from the inbox into the queue."""
+        purged_at = 0.0
+        while True:
+            self._inbox_signal.clear()
+            try:
+                with self.store.tx() as tx:
+                    items = [i for i in tx.pending_inbox() if i.id not in self._inbox_taken]
+                    if self.clock.monotonic() - purged_at > 60:
+                        purged_at = self.clock.monotonic()
+                        tx.purge_inbox(self.clock.now() - 600)
+            except StoreUnavailable as error:
+                log.warning("cannot read the inbox: %s", error)
+                items = []
+            for item in items:
+                self._inbox_taken.add(item.id)
+                try:
+                    request = forwarding.decode_request(item.kind, item.payload)
+                except ValueError as error:
+                    log.error("inbox request %d from %s: %s", item.id, item.sender, error)
+                    self._refuse_inbox(item.id, item.wants_reply, str(error))
+                    continue
+                request.inbox = (item.id, item.wants_reply)
+                self.queue.put_nowait(request)
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._inbox_signal.wait(), 0.5)
+
+    def _refuse_inbox(self, request_id: int, wants_reply: bool, problem: str) -> None:
+        error = HeadwayError(problem, hint="the servers run different versions; upgrade them all")
+        try:
+            with self.store.tx(fence=self.fence) as tx:
+                tx.answer_inbox([(request_id, forwarding.encode_reply(error) if wants_reply else None)])
+                tx.notify("reply", str(request_id))
+        except HeadwayError as failure:
+            log.error("could not answer inbox request %d: %s", request_id, failure)
+
+    def _stand_down(self, batch: Iterable[Request] = ()) -> None:
+        """The term ended: forget the in-memory rollouts; queued requests go to the new leader."""
+        was_leading = self.leading
+        self.leading = False
+        self.ready.clear()
+        self.states.clear()
+        self.by_service.clear()
+        self._encoders.clear()
+        self._saved.clear()
+        self._inbox_taken.clear()
+        pending = list(batch)
+        while not self.queue.empty():
+            pending.append(self.queue.get_nowait())
+        for request in pending:
+            if request.inbox is not None or isinstance(request, Wake):
+                continue  # still in the inbox: the next leader takes it from there
+            if request.reply is not None and not request.reply.done():
+                if self.forwarder is not None and forwarding.forwardable(request):
+                    task = asyncio.ensure_future(self._forward_late(request))
+                    self._late.add(task)
+                    task.add_done_callback(self._late.discard)
+                else:
+                    request.reply.set_exception(
+                        StoreUnavailable(
+                            "this server stopped leading while the request waited",
+                            hint="nothing was done; retry",
+                        )
+                    )
+            elif self.forwarder is not None and forwarding.forwardable(request):
+                self.forwarder.submit(request)
+        if was_leading:
+            log.warning("runner stopped: this server follows now")
+
+    async def _forward_late(self, request: Request) -> None:
+        reply = request.reply
+        assert reply is not None and self.forwarder is not None
+        try:
+            result = await self.forwarder.call(request)
+        except BaseException as error:  # handed to the caller, who waits on it
+            if not reply.done():
+                reply.set_exception(error)
+            return
+        if not reply.done():
+            reply.set_result(result)
 
     def state_of(self, rollout_id: str) -> RolloutState | None:
         return self.states.get(rollout_id)
 
     async def run(self) -> None:
-        self._started_at = self.clock.now()
+        """Lead whenever elected (always, without an election), until cancelled."""
         while True:
+            await self._wait_for_election()
+            pump = asyncio.create_task(self._pump_inbox()) if self.forwarder is not None else None
+            try:
+                await self._lead()
+            except Fenced as error:
+                log.error("%s", error)
+                if self.leadership is not None:
+                    self.leadership.step_down(error.message)
+            finally:
+                if pump is not None:
+                    pump.cancel()
+                    with contextlib.suppress(asyncio.CancelledError):
+                        await pump
+                self._stand_down()
+
+    async def _lead(self) -> None:
+        """One term: load the stored rollouts, then handle batches while still elected."""
+        self._started_at = self.clock.now()
+        self._grace_done = False
+        self.connected_since_start = set()
+        while self._elected():
             try:
                 self._recover()
                 break
             except StoreUnavailable as error:
                 log.error("cannot load rollouts: %s; retrying in 2s", error)
                 await asyncio.sleep(2)
+        if not self._elected():
+            return
+        self.leading = True
         self.ready.set()
-        while True:
+        while self._elected():
             batch = await self._next_batch()
             try:
                 self._handle(batch)
+            except Fenced as error:
+                self._stand_down(batch)
+                raise error
             except StoreUnavailable as error:
                 log.error("database unavailable, nothing advanced: %s", error)
                 self._fail_requests(batch, error)
@@ -268,12 +373,13 @@ class Runner:
         return max(0.0, min(deadlines) - self.clock.now())
 
     def _fail_requests(self, batch: Iterable[Request], error: Exception) -> None:
+        self._inbox_taken.clear()  # not answered: read again from the inbox
         for request in batch:
             if request.reply is not None and not request.reply.done():
                 request.reply.set_exception(error)
 
     async def _reload_after_failure(self) -> None:
-        while True:
+        while self._elected():
             await asyncio.sleep(1)
             try:
                 self._recover()
@@ -289,7 +395,7 @@ class Runner:
         self._saved.clear()
         self._release_cache.clear()
         self._service_cache.clear()
-        with self.store.tx() as tx:
+        with self.store.tx(fence=self.fence) as tx:
             for summary, raw in tx.active_rollouts():
                 try:
                     state = RolloutState.from_dict(raw)
@@ -324,7 +430,7 @@ class Runner:
         pushes: list[str] = []  # hosts whose desired state changed outside the engine
         self._observations = {}
         self._saving = {}
-        with self.store.tx() as tx:
+        with self.store.tx(fence=self.fence) as tx:
             for request in batch:
                 self._flush_observations_for(tx, request, now)
                 try:
@@ -346,7 +452,9 @@ class Runner:
             if outbox:
                 tx.add_outbox(outbox)
             desired_now = {h: self._desired_message(tx, h) for h in pushes}
+            answered = self._answer_inbox(tx, results)
         # committed: remember what the store holds, act, then answer
+        self._inbox_taken.difference_update(answered)
         for rollout_id, text in self._saving.items():
             if rollout_id in self.states:
                 self._saved[rollout_id] = text
@@ -355,8 +463,9 @@ class Runner:
             self._saved.pop(rollout_id, None)
         for host, message in desired_now.items():
             if message is not None:
-                self.hub.push(host, message)
+                self._push(host, message)
         self._execute(outbox)
+        self._notify_remote_pushes()
         for request, result in results:
             if request.reply is None or request.reply.done():
                 continue
@@ -364,6 +473,73 @@ class Runner:
                 request.reply.set_exception(result)
             else:
                 request.reply.set_result(result)
+
+    def _answer_inbox(self, tx: Tx, results: list[tuple[Request, Any]]) -> list[int]:
+        """Write the replies of other servers' requests in the batch's transaction."""
+        answers = [
+            (request.inbox[0], forwarding.encode_reply(result) if request.inbox[1] else None)
+            for request, result in results
+            if request.inbox is not None
+        ]
+        if answers:
+            tx.answer_inbox(answers)
+            replied = [str(i) for i, reply in answers if reply is not None]
+            if replied:
+                tx.notify("reply", ",".join(replied)[:7000])
+        return [i for i, _ in answers]
+
+    def _push(self, host: str, message: Desired) -> None:
+        """Hand a host its desired state: here if its agent is connected here, else tell the
+        other servers (after this batch, `_notify_remote_pushes`)."""
+        if host in self.hub.sessions or not self.store.shared:
+            self.hub.push(host, message)
+        else:
+            self._remote_pushes.add(host)
+
+    def _notify_remote_pushes(self) -> None:
+        if not self._remote_pushes:
+            return
+        hosts, self._remote_pushes = sorted(self._remote_pushes), set()
+        try:
+            with self.store.tx() as tx:
+                for chunk in _chunks(hosts, 7000):
+                    tx.notify("desired", chunk)
+        except StoreUnavailable as error:  # the followers' resync finds them (push_stale)
+            log.warning("could not tell the other servers about %d host(s): %s", len(hosts), error)
+
+    def push_local(self, hosts: Iterable[str] | None = None) -> None:
+        """Push the stored desired state to agents connected here (all, or ``hosts``):
+        the leader changed them (NOTIFY) or a notification may have been lost."""
+        if self.leading and hosts is not None:
+            return  # the leader pushed its own sessions already
+        names = [h for h in (self.hub.sessions if hosts is None else hosts) if h in self.hub.sessions]
+        if not names:
+            return
+        try:
+            with self.store.tx() as tx:
+                messages = {h: self._desired_message(tx, h) for h in names}
+        except StoreUnavailable as error:
+            log.warning("cannot read desired states to push: %s", error)
+            return
+        for host, message in messages.items():
+            if message is not None:
+                self.hub.push(host, message)
+
+    def push_stale(self) -> None:
+        """A follower's safety net: push to local agents whose stored generation is ahead
+        of what they last reported (a notification was lost)."""
+        if self.leading or not self.hub.sessions:
+            return
+        try:
+            with self.store.tx() as tx:
+                behind = [
+                    h.name
+                    for h in tx.list_hosts()
+                    if h.name in self.hub.sessions and h.generation > h.observed_generation
+                ]
+        except StoreUnavailable:
+            return
+        self.push_local(behind) if behind else None
 
     def _apply(
         self,
@@ -374,7 +550,10 @@ class Runner:
         pushes: list[str],
     ) -> Any:
         if isinstance(request, HostReport):
+            self.connected_since_start.add(request.host)  # present: not absent after the grace
             return self._observe(tx, request.host, request.observed, True, now, changed)
+        if isinstance(request, Wake):
+            return None
         if isinstance(request, HostHello):
             return self._hello(tx, request, now, changed, pushes)
         if isinstance(request, HostGone):
@@ -816,14 +995,14 @@ class Runner:
         if not items:
             return
         done: list[str] = []
-        with self.store.tx() as tx:
+        with self.store.tx(fence=self.fence) as tx:
             for item in items:
                 kind = item.payload.get("type")
                 if kind == "set_desired":
                     host = str(item.payload["host"])
                     message = self._desired_message(tx, host)
                     if message is not None:
-                        self.hub.push(host, message)
+                        self._push(host, message)
                     done.append(item.action_id)
                 elif kind == "traffic":
                     # marked done when the balancer's answer is stored with its effect

@@ -21,6 +21,7 @@ class ServerSettings:
     max_json_bytes: int = 1 << 20  # 1 MiB
     heartbeat: float = 15.0  # seconds between agent reports when idle
     reconnect_grace: float = 20.0  # after a restart, how long agents have to come back
+    lease_ttl: float = 10.0  # PostgreSQL: the leader's lease; a silent leader is replaced after it
     extra: dict[str, str] = field(default_factory=dict)
 
     @property

@@ -15,7 +15,8 @@ import logging
 from headway.clock import Clock
 from headway.domain.spec import BalancerKind, BlueGreenStrategy
 from headway.errors import StoreUnavailable
-from headway.server.runner import Runner, ServiceLoad, live_pool_key
+from headway.server.requests import ServiceLoad
+from headway.server.runner import Runner, live_pool_key
 from headway.server.traffic_driver import TrafficDriver
 
 log = logging.getLogger("headway.traffic")
@@ -25,8 +26,8 @@ async def reconcile_forever(
     runner: Runner, driver: TrafficDriver, clock: Clock, interval: float = 1.0
 ) -> None:
     last: dict[str, tuple[float, float]] = {}
-    await runner.ready.wait()
     while True:
+        await runner.ready.wait()  # only the leader drives the balancers
         try:
             with runner.store.tx() as tx:
                 services = [s for s in tx.list_services() if s.traffic.balancer is BalancerKind.HAPROXY]

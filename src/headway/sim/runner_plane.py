@@ -41,17 +41,17 @@ from headway.engine.state import RolloutState
 from headway.errors import HeadwayError
 from headway.protocol.messages import Desired, Observation
 from headway.server.hub import AgentHub
-from headway.server.runner import (
+from headway.server.requests import (
     HostGone,
     HostHello,
     HostReport,
     Request,
     RolloutCommand,
-    Runner,
     StartRollout,
     TrafficResult,
     VerificationResult,
 )
+from headway.server.runner import Runner
 from headway.server.traffic_driver import TrafficDriver, TrafficOutcome, _should_serve
 from headway.server.verification import VerificationOutcome, Verifier
 from headway.sim.engine_plane import FULL_CHECK_HOSTS, log_actions

@@ -169,3 +169,29 @@ meta = sa.Table(
     sa.Column("key", sa.Text(), primary_key=True),
     sa.Column("value", sa.Text(), nullable=False),
 )
+
+# revision 0004: the runner's lease (fencing token) and the inbox of forwarded requests
+leases = sa.Table(
+    "leases",
+    metadata,
+    sa.Column("name", sa.Text(), primary_key=True),
+    sa.Column("holder", sa.Text(), nullable=False),
+    sa.Column("about", sa.Text(), nullable=False),
+    sa.Column("token", sa.BigInteger(), nullable=False),
+    sa.Column("expires_at", sa.Double(), nullable=False),
+    sa.Column("acquired_at", sa.Double(), nullable=False),
+)
+
+inbox = sa.Table(
+    "inbox",
+    metadata,
+    sa.Column("id", BigId, primary_key=True, autoincrement=True),
+    sa.Column("sender", sa.Text(), nullable=False),
+    sa.Column("kind", sa.Text(), nullable=False),
+    sa.Column("payload", sa.Text(), nullable=False),
+    sa.Column("wants_reply", sa.Boolean(), nullable=False),
+    sa.Column("done", sa.Boolean(), nullable=False),
+    sa.Column("reply", sa.Text(), nullable=True),
+    sa.Column("created_at", sa.Double(), nullable=False),
+    sa.Index("ix_inbox_done", "done", "id"),
+)

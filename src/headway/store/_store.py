@@ -67,7 +67,7 @@ class Store:
     on its own connection.
     """
 
-    def __init__(self, url: str) -> None:
+    def __init__(self, url: str, *, application_name: str = "") -> None:
         try:
             parsed = make_url(url)
         except sa.exc.ArgumentError:
@@ -103,6 +103,8 @@ class Store:
             connect_args: dict[str, Any] = {}
             if "connect_timeout" not in parsed.query:
                 connect_args["connect_timeout"] = CONNECT_TIMEOUT
+            if application_name:  # names this server's sessions, so a successor can end them
+                connect_args["application_name"] = application_name
             self._engine = sa.create_engine(parsed, pool_pre_ping=True, connect_args=connect_args)
         else:
             raise SpecError(
@@ -110,6 +112,9 @@ class Store:
                 hint="use sqlite:////absolute/path.db or postgresql+psycopg://user@host:5432/db",
             )
         self._postgres = backend == "postgresql"
+        self._url = parsed
+        self._connect_args = connect_args if self._postgres else {}
+        self._schema: str | None = None
 
     @property
     def dialect(self) -> str:
@@ -148,14 +153,56 @@ class Store:
             if lock is not None:
                 lock.release()
 
-    def tx(self) -> contextlib.AbstractContextManager[Tx]:
-        """One transaction: committed when the block ends, rolled back if it raises."""
-        return self._tx()
+    def tx(self, *, fence: int | None = None) -> contextlib.AbstractContextManager[Tx]:
+        """One transaction: committed when the block ends, rolled back if it raises.
+
+        With ``fence``, the transaction first checks that the runner's lease still
+        carries that fencing token and raises `Fenced` otherwise, before any write
+        (`ClusterTx.check_fence`): the leader's runner passes its token every time.
+        """
+        return self._tx(fence)
 
     @contextlib.contextmanager
-    def _tx(self) -> Iterator[Tx]:
+    def _tx(self, fence: int | None) -> Iterator[Tx]:
         with self._transaction() as conn:
-            yield Tx(conn)
+            tx = Tx(conn)
+            if fence is not None:
+                tx.check_fence(fence)
+            yield tx
+
+    @property
+    def shared(self) -> bool:
+        """True when several servers may use this database at once (PostgreSQL)."""
+        return self._postgres
+
+    def schema(self) -> str:
+        """The schema the tables live in (PostgreSQL ``current_schema()``; "main" on SQLite)."""
+        if self._schema is None:
+            if not self._postgres:
+                self._schema = "main"
+            else:
+                with self._transaction() as conn:
+                    self._schema = str(conn.exec_driver_sql("SELECT current_schema()").scalar_one())
+        return self._schema
+
+    def libpq_params(self) -> dict[str, Any]:
+        """Connection parameters for a raw psycopg connection to the same PostgreSQL
+        (the election session and the LISTEN session live outside the pool)."""
+        url = self._url
+        params: dict[str, Any] = {
+            key: value
+            for key, value in {
+                "host": url.host,
+                "port": url.port,
+                "user": url.username,
+                "password": url.password,
+                "dbname": url.database,
+            }.items()
+            if value is not None
+        }
+        params.update({k: v for k, v in url.query.items() if isinstance(v, str)})
+        params.update(self._connect_args)
+        return params
 
     def migrate(self) -> None:
         """Bring the schema to the newest revision (``alembic upgrade head``); idempotent."""

@@ -47,6 +47,7 @@ from headway.store._schema import (
     rollouts,
     services,
 )
+from headway.store._tx_cluster import ClusterTx
 from headway.store._tx_config import ConfigTx, config_drift
 from headway.store._types import HostObservation, NewEvent, OutboxItem
 
@@ -170,7 +171,7 @@ def _driver_sql(conn: Connection, stmt: sa.ClauseElement) -> tuple[str, tuple[st
     return found
 
 
-class Tx(ConfigTx):
+class Tx(ConfigTx, ClusterTx):
     """One transaction over the store. Obtain it from `Store.tx`.
 
     Config revisions and the config-rollout bookkeeping live in `ConfigTx` (``_tx_config``).

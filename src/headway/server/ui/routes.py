@@ -28,7 +28,7 @@ from fastapi.templating import Jinja2Templates
 from headway.clock import Clock
 from headway.engine.events import Command
 from headway.errors import HeadwayError, NotFound
-from headway.server import runner as r
+from headway.server import requests as r
 from headway.server.context import ServerContext, context_of
 from headway.server.ui import pages
 from headway.server.ui.fleet import FleetFeed

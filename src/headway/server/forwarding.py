@@ -1,0 +1,226 @@
+"""Requests a server that does not lead hands to the leader, through the database.
+
+A follower serves the API and its agents like the leader does, but the
+rollout runner runs only on the leader. What the follower's callers would
+queue for the runner (agent hellos and reports, operator commands) goes into
+the store's inbox instead, in order, and the leader's runner takes it from
+there into its next batch (`Runner` and `ClusterTx`). A caller that wants an
+answer waits for the reply the leader writes in the same transaction as the
+request's effect; a NOTIFY wakes it, a poll every second covers a lost one.
+A request no leader takes within ``reply_timeout`` is withdrawn (nothing was
+done, `NoLeader`), unless it was taken meanwhile, when its reply is returned.
+
+    encode_request / decode_request   runner requests <-> (kind, JSON)
+    encode_reply / decode_reply       results and HeadwayErrors <-> JSON
+    Forwarder                         the follower's side: queue, flush, wait
+"""
+
+from __future__ import annotations
+
+import asyncio
+import dataclasses
+import enum
+import json
+import logging
+from typing import Any
+
+from pydantic import BaseModel
+
+from headway import errors
+from headway.clock import Clock
+from headway.domain.models import RolloutSummary
+from headway.engine.events import Command
+from headway.errors import HeadwayError, NoLeader, StoreUnavailable
+from headway.protocol.messages import Observation
+from headway.server import requests as r
+from headway.store import Store
+
+log = logging.getLogger("headway.forwarding")
+
+REPLY_TIMEOUT = 30.0
+FLUSH_DELAY = 0.02  # seconds reports wait so that several go in one transaction
+MAX_BUFFERED = 50_000  # reports kept while the database is away; the oldest go first
+
+FORWARDABLE: dict[str, type[r.Request]] = {
+    cls.__name__: cls
+    for cls in (
+        r.HostHello,
+        r.HostReport,
+        r.HostGone,
+        r.StartRollout,
+        r.RolloutCommand,
+        r.ServiceRollback,
+        r.ReleaseCreated,
+        r.RestoreConfig,
+    )
+}
+
+
+def forwardable(request: r.Request) -> bool:
+    return type(request).__name__ in FORWARDABLE
+
+
+def encode_request(request: r.Request) -> tuple[str, str]:
+    values: dict[str, Any] = {}
+    for item in dataclasses.fields(request):
+        if item.name in ("reply", "inbox"):
+            continue
+        value = getattr(request, item.name)
+        if isinstance(value, BaseModel):
+            value = value.model_dump(mode="json")
+        elif isinstance(value, enum.Enum):
+            value = value.value
+        values[item.name] = value
+    return type(request).__name__, json.dumps(values, separators=(",", ":"))
+
+
+def decode_request(kind: str, payload: str) -> r.Request:
+    """The request back; ValueError (with the reason) for one this version cannot read."""
+    cls = FORWARDABLE.get(kind)
+    if cls is None:
+        raise ValueError(f"unknown request kind {kind!r}")
+    try:
+        values = json.loads(payload)
+        if "observed" in values:
+            values["observed"] = Observation.model_validate(values["observed"])
+        if "command" in values:
+            values["command"] = Command(values["command"])
+        return cls(**values)
+    except (TypeError, ValueError) as error:
+        raise ValueError(f"malformed {kind}: {error}") from None
+
+
+def encode_reply(result: object) -> str:
+    if isinstance(result, HeadwayError):
+        body: dict[str, Any] = {
+            "error": type(result).__name__,
+            "message": result.message,
+            "hint": result.hint,
+        }
+    elif isinstance(result, BaseException):
+        body = {"error": "HeadwayError", "message": f"internal error: {result}", "hint": "see its log"}
+    elif isinstance(result, RolloutSummary):
+        body = {"summary": result.model_dump(mode="json")}
+    elif isinstance(result, list):
+        body = {"list": [str(x) for x in result]}
+    else:
+        body = {"none": None}
+    return json.dumps(body, separators=(",", ":"))
+
+
+def decode_reply(text: str) -> Any:
+    """The result, or raises the error the leader answered with."""
+    body = json.loads(text)
+    if "error" in body:
+        cls = getattr(errors, str(body["error"]), HeadwayError)
+        if not (isinstance(cls, type) and issubclass(cls, HeadwayError)):
+            cls = HeadwayError
+        raise cls(str(body.get("message", "")), str(body.get("hint", "")))
+    if "summary" in body:
+        return RolloutSummary.model_validate(body["summary"])
+    if "list" in body:
+        return list(body["list"])
+    return None
+
+
+class Forwarder:
+    """The follower's side of the inbox."""
+
+    def __init__(
+        self, store: Store, sender: str, clock: Clock, *, reply_timeout: float = REPLY_TIMEOUT
+    ) -> None:
+        self.store = store
+        self.sender = sender
+        self.clock = clock
+        self.reply_timeout = reply_timeout
+        self._buffer: list[tuple[str, str]] = []  # fire-and-forget requests not yet stored
+        self._waiting: dict[int, asyncio.Future[Any]] = {}
+        self._flush_handle: asyncio.TimerHandle | None = None
+
+    # ---------------------------------------------------------------- callers
+
+    def submit(self, request: r.Request) -> None:
+        """Hand a request over without waiting (agent reports): stored within FLUSH_DELAY."""
+        self._buffer.append(encode_request(request))
+        if len(self._buffer) > MAX_BUFFERED:
+            del self._buffer[: len(self._buffer) - MAX_BUFFERED]
+        if self._flush_handle is None:
+            self._flush_handle = asyncio.get_running_loop().call_later(FLUSH_DELAY, self._flush_soon)
+
+    async def call(self, request: r.Request) -> Any:
+        """Hand a request over and wait for the leader's answer (or its error)."""
+        kind, payload = encode_request(request)
+        request_id = self._flush((kind, payload))
+        assert request_id is not None
+        future: asyncio.Future[Any] = asyncio.get_running_loop().create_future()
+        self._waiting[request_id] = future
+        try:
+            self.take_replies()  # answered already (a fast leader)?
+            return await asyncio.wait_for(asyncio.shield(future), self.reply_timeout)
+        except TimeoutError:
+            return self._give_up(request_id, kind)
+        finally:
+            self._waiting.pop(request_id, None)
+
+    # ---------------------------------------------------------------- plumbing
+
+    def _flush_soon(self) -> None:
+        self._flush_handle = None
+        try:
+            self._flush(None)
+        except StoreUnavailable as error:
+            log.warning("cannot hand agent reports to the leader yet: %s", error)
+            self._flush_handle = asyncio.get_running_loop().call_later(1.0, self._flush_soon)
+
+    def _flush(self, call: tuple[str, str] | None) -> int | None:
+        """Store the buffered requests, then ``call`` (so order is kept); its id."""
+        items = [(kind, payload, False) for kind, payload in self._buffer]
+        if call is not None:
+            items.append((call[0], call[1], True))
+        if not items:
+            return None
+        with self.store.tx() as tx:
+            ids = tx.add_inbox(self.sender, items, self.clock.now())
+            tx.notify("inbox")
+        self._buffer.clear()
+        return ids[-1] if call is not None else None
+
+    def take_replies(self) -> None:
+        """Resolve the callers whose replies are in (on NOTIFY, and every second)."""
+        if not self._waiting:
+            return
+        try:
+            with self.store.tx() as tx:
+                replies = tx.take_replies(list(self._waiting))
+        except StoreUnavailable as error:
+            log.warning("cannot read the leader's replies yet: %s", error)
+            return
+        for request_id, text in replies.items():
+            future = self._waiting.get(request_id)
+            if future is None or future.done():
+                continue
+            try:
+                future.set_result(decode_reply(text))
+            except HeadwayError as error:
+                future.set_exception(error)
+            except ValueError as error:
+                future.set_exception(HeadwayError(f"unreadable reply from the leader: {error}"))
+
+    def _give_up(self, request_id: int, kind: str) -> Any:
+        with self.store.tx() as tx:
+            withdrawn = tx.withdraw_inbox(request_id)
+            replies = {} if withdrawn else tx.take_replies([request_id])
+        if request_id in replies:
+            return decode_reply(replies[request_id])
+        raise NoLeader(
+            f"no leader handled the {kind} request within {self.reply_timeout:g}s; it was "
+            "withdrawn and nothing was done",
+            hint="check that a server leads (GET /api/v1/cluster) and that the database is "
+            "reachable, then retry",
+        )
+
+    async def run(self) -> None:
+        """Poll for replies every second: a NOTIFY can be lost while the database reconnects."""
+        while True:
+            await asyncio.sleep(1.0)
+            self.take_replies()
