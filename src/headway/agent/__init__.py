@@ -2,6 +2,7 @@
 
     settings.py   AgentSettings (what the CLI hands over)
     runtime.py    run_agent(): the channel to the server and the reconnect loop
+    servers.py    --server lists: parsing, and which server the channel uses now (failover)
     converge.py   the controller: switch plan, supervision, recovery after a crash
     executors.py  how the app is started and stopped (process | commands)
     artifacts.py  fetch, verify, cache and stage release tarballs

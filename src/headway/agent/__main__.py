@@ -11,6 +11,7 @@ import sys
 from pathlib import Path
 
 from headway.agent.runtime import run_agent
+from headway.agent.servers import split_servers
 from headway.agent.settings import AgentSettings
 from headway.errors import HeadwayError
 
@@ -24,7 +25,9 @@ def _label(text: str) -> tuple[str, str]:
 
 def parse_args(argv: list[str] | None = None) -> AgentSettings:
     parser = argparse.ArgumentParser(prog="python -m headway.agent", description=__doc__)
-    parser.add_argument("--server", default="http://127.0.0.1:7400")
+    parser.add_argument("--server", action="append", default=None, metavar="URL[,URL...]",
+                        help="server URL; several servers comma-separated or --server repeated "
+                        "(default: $HEADWAY_SERVER, else http://127.0.0.1:7400)")
     parser.add_argument("--token", default=os.environ.get("HEADWAY_AGENT_TOKEN", ""),
                         help="agent token (default: $HEADWAY_AGENT_TOKEN)")
     parser.add_argument("--name", default=socket.gethostname())
@@ -34,7 +37,10 @@ def parse_args(argv: list[str] | None = None) -> AgentSettings:
     parser.add_argument("--state-dir", type=Path, required=True)
     parser.add_argument("--heartbeat", type=float, default=15.0)
     args = parser.parse_args(argv)
-    return AgentSettings(server=args.server, token=args.token, name=args.name,
+    servers = args.server or [os.environ.get("HEADWAY_SERVER") or "http://127.0.0.1:7400"]
+    # checked (each URL, with a hint) by run_agent
+    server = ",".join(split_servers(servers)) or ",".join(servers)
+    return AgentSettings(server=server, token=args.token, name=args.name,
                          address=args.address, labels=dict(args.label),
                          state_dir=args.state_dir, heartbeat=args.heartbeat)
 

@@ -6,6 +6,13 @@
 A download streams into a ``.part`` file, hashing as it goes; it never
 reads past the size the release declares and must finish within a time
 bound. Only a file whose size and digest match becomes a cache entry.
+
+Where from: an absolute URL as it is; a server-relative one (``/api/v1/...``,
+or none: ``default_path`` + digest) from the agent's servers (`ServerList`),
+the one its channel uses now first. A server may keep uploaded files in a
+state directory the others do not see, so when that one is unreachable,
+answers 5xx or 404, the others are tried in turn; the time bound covers all
+the tries. The agent token goes only to the agent's own servers.
 """
 
 from __future__ import annotations
@@ -13,6 +20,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import hashlib
+import logging
 import os
 import posixpath
 import shutil
@@ -23,9 +31,12 @@ from typing import Protocol
 from urllib.parse import urlsplit
 
 from headway.agent import httpget
+from headway.agent.servers import ServerList
 from headway.agent.target import Target, release_dir_name
 from headway.clock import Clock
 from headway.errors import ArtifactError, ServerUnreachable
+
+log = logging.getLogger("headway.agent")
 
 KEEP_RELEASES = 3
 MIN_RATE = 256 * 1024          # bytes/s a download must average (on top of BASE_TIME)
@@ -51,16 +62,21 @@ class Blob(Protocol):
     def url(self) -> str: ...
 
 
+class _Missing(ArtifactError):
+    """HTTP 404 from one server: another of the agent's servers may hold the file."""
+
+
 class ArtifactCache:
     """Verified downloads kept by digest; ``kind`` names them in errors ("artifact",
-    "config bundle") and ``subdir`` is their directory in the state directory."""
+    "config bundle") and ``subdir`` is their directory in the state directory.
+    ``server`` is one base URL or the agent's `ServerList` (shared with its channel)."""
 
-    def __init__(self, state_dir: Path, server: str, token: str, clock: Clock, *,
+    def __init__(self, state_dir: Path, server: str | ServerList, token: str, clock: Clock, *,
                  subdir: str = "artifacts", kind: str = "artifact",
                  default_path: str = "/api/v1/artifacts/") -> None:
         self.artifacts = state_dir / subdir
         self.releases = state_dir / "releases"
-        self.server = server.rstrip("/")
+        self.servers = server if isinstance(server, ServerList) else ServerList([server])
         self.token = token
         self.clock = clock
         self.kind = kind
@@ -69,12 +85,20 @@ class ArtifactCache:
 
     # ---- fetch ---------------------------------------------------------------------------
 
+    @property
+    def server(self) -> str:
+        """The server downloads start from: the one the agent's channel uses now."""
+        return self.servers.current
+
+    def urls_for(self, ref: Blob) -> list[str]:
+        """Where to fetch ``ref`` from, in order (see the module's docstring)."""
+        if ref.url and not ref.url.startswith("/"):
+            return [ref.url]
+        path = ref.url or f"{self.default_path}{ref.digest}"
+        return [server + path for server in self.servers.in_order()]
+
     def url_for(self, ref: Blob) -> str:
-        if not ref.url:
-            return f"{self.server}{self.default_path}{ref.digest}"
-        if ref.url.startswith("/"):
-            return self.server + ref.url
-        return ref.url
+        return self.urls_for(ref)[0]
 
     def cached_path(self, ref: Blob) -> Path:
         return self.artifacts / f"{ref.digest.removeprefix('sha256:')}.tar.gz"
@@ -111,7 +135,7 @@ class ArtifactCache:
         deadline = download_deadline(ref.size)
         try:
             async with asyncio.timeout(deadline):
-                await self._download(ref, part, what)
+                await self._download_any(ref, part, what)
         except TimeoutError:
             part.unlink(missing_ok=True)
             raise ArtifactError(
@@ -126,11 +150,37 @@ class ArtifactCache:
         self.downloads += 1
         return path
 
-    async def _download(self, ref: Blob, part: Path, what: str) -> None:
+    async def _download_any(self, ref: Blob, part: Path, what: str) -> None:
+        """`_download` from each URL of `urls_for` in turn until one serves the file.
+
+        Unreachable (or 5xx) and 404 move on to the next server; anything else (a
+        refused token, a digest mismatch, ...) is definitive. When none served it,
+        raise `ServerUnreachable` if any of them was unreachable (worth retrying: the
+        one holding the file may come back), else the first 404.
+        """
+        urls = self.urls_for(ref)
+        unreachable: ServerUnreachable | None = None
+        missing: _Missing | None = None
+        for n, url in enumerate(urls):
+            try:
+                await self._download(ref, part, what, url)
+                return
+            except ServerUnreachable as error:
+                unreachable = unreachable or error
+                problem = error.message
+            except _Missing as error:
+                missing = missing or error
+                problem = error.message
+            if n + 1 < len(urls):
+                log.info("%s; trying %s", problem, urls[n + 1])
+        failure = unreachable or missing
+        assert failure is not None
+        raise failure
+
+    async def _download(self, ref: Blob, part: Path, what: str, url: str) -> None:
         kind = self.kind
-        url = self.url_for(ref)
         headers = {"Accept-Encoding": "identity"}
-        if _same_origin(url, self.server) and self.token:
+        if self.token and any(_same_origin(url, server) for server in self.servers.urls):
             headers["Authorization"] = f"Bearer {self.token}"   # never leak it to other hosts
         hasher = hashlib.sha256()
         received = 0
@@ -147,6 +197,11 @@ class ArtifactCache:
                 raise ServerUnreachable(
                     f"{kind} source answered HTTP {response.status} for {what}",
                     hint="the agent retries; check the server's log",
+                )
+            if response.status == 404:
+                raise _Missing(
+                    f"{kind} for {what} cannot be fetched: HTTP 404 from {url}",
+                    hint=f"check that the release's {kind} still exists",
                 )
             if response.status != 200:
                 hint = "check --token" if response.status in (401, 403) else ""

@@ -45,6 +45,7 @@ from pathlib import Path
 
 from headway.agent.artifacts import ArtifactCache, safe_extract
 from headway.agent.files import atomic_symlink, atomic_write_json, fsync_dir, read_json
+from headway.agent.servers import ServerList
 from headway.clock import Clock
 from headway.domain.config_spec import ConfigSpec
 from headway.errors import ArtifactError
@@ -182,7 +183,7 @@ class Staged:
 
 
 class ConfigStore:
-    def __init__(self, state_dir: Path, server: str, token: str, clock: Clock) -> None:
+    def __init__(self, state_dir: Path, server: str | ServerList, token: str, clock: Clock) -> None:
         self.root = state_dir / "config"
         self.current = self.root / CURRENT
         self.bundles = ArtifactCache(state_dir, server, token, clock, subdir="config-bundles",

@@ -57,6 +57,7 @@ from headway.agent.files import atomic_symlink
 from headway.agent.health import probe
 from headway.agent.journal import Journal, Step, clear_journal, read_journal, write_journal
 from headway.agent.readiness import Readiness
+from headway.agent.servers import ServerList
 from headway.agent.settings import AgentSettings
 from headway.agent.target import Target, app_env
 from headway.clock import Clock
@@ -114,8 +115,10 @@ class Controller:
         self.clock = clock
         self.state_dir = settings.state_dir
         self.app_id = app_id_for(settings.state_dir)
-        self.cache = ArtifactCache(settings.state_dir, settings.server, settings.token, clock)
-        self.configs = ConfigStore(settings.state_dir, settings.server, settings.token, clock)
+        # the channel moves ``servers`` along; downloads start from the server it uses now
+        self.servers = ServerList(settings.servers)
+        self.cache = ArtifactCache(settings.state_dir, self.servers, settings.token, clock)
+        self.configs = ConfigStore(settings.state_dir, self.servers, settings.token, clock)
         self.process = ProcessExecutor(self.app_id, clock)
         self.executors: dict[ExecutorKind, Executor] = executors or {
             ExecutorKind.PROCESS: self.process,

@@ -6,6 +6,13 @@ then ``welcome`` and ``desired`` messages at any time; it sends ``report``
 whenever its observation changes and every heartbeat. When the server is
 away it keeps the app running and retries with jittered exponential
 backoff capped at 5 s, logging one line per kind of trouble.
+
+Given several servers (`headway.agent.servers`), it connects to the first;
+when a connection fails or is lost, the next attempt goes to the next server
+(round robin) at once, and it pauses (with that backoff) once per round of
+attempts, so it never loops busily. A welcomed session resets the backoff, so
+the pause after losing one is at most 0.2 s. With one server this is the plain
+backoff above.
 """
 
 from __future__ import annotations
@@ -19,7 +26,6 @@ import random
 import signal
 from pathlib import Path
 from typing import IO
-from urllib.parse import urlsplit
 
 from pydantic import ValidationError
 from websockets.asyncio.client import ClientConnection, connect
@@ -27,6 +33,7 @@ from websockets.exceptions import ConnectionClosed, InvalidHandshake, InvalidSta
 
 from headway.agent.converge import Controller, wait_for_event
 from headway.agent.readiness import ReadinessEndpoint
+from headway.agent.servers import ServerList, channel_url_for, parse_servers
 from headway.agent.settings import AgentSettings
 from headway.clock import Clock, SystemClock
 from headway.errors import Conflict, SpecError
@@ -52,55 +59,70 @@ class Refused(Exception):
 
 
 class Channel:
-    """One WebSocket session at a time to the server, forever."""
+    """One WebSocket session at a time to one of the servers, forever.
+
+    ``servers`` is shared with the controller's downloads (by default the controller's
+    own `ServerList`), so they start from the server the channel uses now.
+    """
 
     def __init__(self, settings: AgentSettings, controller: Controller, clock: Clock,
-                 rng: random.Random) -> None:
+                 rng: random.Random, servers: ServerList | None = None) -> None:
         self.settings = settings
         self.controller = controller
         self.clock = clock
         self.rng = rng
-        self._last_problem = ""
+        self.servers = servers if servers is not None else controller.servers
+        self._last_problem: dict[str, str] = {}   # by server, since the last welcome
         self._welcomed = False
 
     async def run(self) -> None:
         await self.controller.adopted.wait()     # so the first hello says what runs
         backoff = BACKOFF_FIRST
+        tries = 0                                # attempts since the last pause
         while True:
             self._welcomed = False
-            try:
-                await self._session()
-                problem = "the server closed the channel"
-            except InvalidStatus as error:
-                status = error.response.status_code
-                problem = (
-                    "agent token refused; check --token" if status in (401, 403)
-                    else f"server refused the agent channel with HTTP {status}"
-                )
-            except (OSError, TimeoutError, InvalidHandshake) as error:
-                problem = (f"server {self.settings.base_url} unreachable "
-                           f"({error or type(error).__name__}); retrying")
-            except ConnectionClosed:
-                problem = "lost the channel to the server; reconnecting"
-            except Refused as error:
-                problem = f"server refused this agent: {error}"
-            except ValidationError as error:
-                problem = f"server sent a message this agent does not understand: {error}"
+            server = self.servers.current
+            problem = await self._attempt(server)
             if self._welcomed:
                 backoff = BACKOFF_FIRST
-            if problem != self._last_problem:
+            if problem != self._last_problem.get(server):
                 log.warning("%s", problem)
-                self._last_problem = problem
-            delay = min(backoff, BACKOFF_CAP) * self.rng.uniform(0.5, 1.0)
-            backoff = min(backoff * 2, BACKOFF_CAP)
-            await asyncio.sleep(delay)
+                self._last_problem[server] = problem
+            if len(self.servers) > 1:
+                self.servers.advance()
+            tries += 1
+            if tries >= len(self.servers):       # a whole round: back off
+                tries = 0
+                delay = min(backoff, BACKOFF_CAP) * self.rng.uniform(0.5, 1.0)
+                backoff = min(backoff * 2, BACKOFF_CAP)
+                await asyncio.sleep(delay)
 
-    async def _session(self) -> None:
-        """One connection, until it closes."""
+    async def _attempt(self, server: str) -> str:
+        """One session with ``server``; what ended it, as a line for the log."""
+        try:
+            await self._session(server)
+            return f"server {server} closed the channel"
+        except InvalidStatus as error:
+            status = error.response.status_code
+            return (
+                f"agent token refused; check --token (server {server})" if status in (401, 403)
+                else f"server {server} refused the agent channel with HTTP {status}"
+            )
+        except (OSError, TimeoutError, InvalidHandshake) as error:
+            return f"server {server} unreachable ({error or type(error).__name__}); retrying"
+        except ConnectionClosed:
+            return f"lost the channel to {server}; reconnecting"
+        except Refused as error:
+            return f"server {server} refused this agent: {error}"
+        except ValidationError as error:
+            return f"server {server} sent a message this agent does not understand: {error}"
+
+    async def _session(self, server: str) -> None:
+        """One connection to ``server`` (a base URL), until it closes."""
         settings = self.settings
         headers = {"Authorization": f"Bearer {settings.token}"}
         async with connect(
-            settings.channel_url, additional_headers=headers, open_timeout=10,
+            channel_url_for(server), additional_headers=headers, open_timeout=10,
             ping_interval=20, ping_timeout=20, max_size=4 << 20, close_timeout=2,
             user_agent_header="headway-agent",
         ) as ws:
@@ -117,8 +139,8 @@ class Channel:
                 heartbeat = min(heartbeat, first.heartbeat)
             else:
                 self.controller.offer(first)
-            log.info("connected to %s as host %s", settings.base_url, settings.name)
-            self._last_problem = ""
+            log.info("connected to %s as host %s", server, settings.name)
+            self._last_problem.clear()
             self._welcomed = True
             reader = asyncio.create_task(self._read(ws))
             writer = asyncio.create_task(self._write(ws, sent, heartbeat))
@@ -154,10 +176,7 @@ class Channel:
 
 
 def _check(settings: AgentSettings) -> None:
-    parts = urlsplit(settings.server)
-    if parts.scheme not in ("http", "https") or not parts.netloc:
-        raise SpecError(f"server address {settings.server!r} is not an http(s) URL",
-                        hint="pass it like --server http://127.0.0.1:7400")
+    parse_servers(settings.server)           # every URL, each refused with a hint
     if not settings.name:
         raise SpecError("the agent needs a host name", hint="pass --name")
     if settings.heartbeat <= 0:

@@ -4,13 +4,14 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 from pathlib import Path
-from urllib.parse import urlsplit
 
-from headway.protocol.messages import CHANNEL_PATH
+from headway.agent.servers import channel_url_for, split_servers
 
 
 @dataclass(frozen=True)
 class AgentSettings:
+    # One server URL, or several comma-separated (servers of one PostgreSQL database): the
+    # agent connects to the first and moves to the next when its connection fails or is lost.
     server: str = "http://127.0.0.1:7400"
     token: str = ""
     name: str = ""
@@ -20,12 +21,16 @@ class AgentSettings:
     heartbeat: float = 15.0
 
     @property
+    def servers(self) -> tuple[str, ...]:
+        """Every server's base URL, in the order given (checked by `run_agent`)."""
+        return split_servers(self.server) or (self.server.rstrip("/"),)
+
+    @property
     def base_url(self) -> str:
-        return self.server.rstrip("/")
+        """The first server's base URL (the only one when a single server is given)."""
+        return self.servers[0]
 
     @property
     def channel_url(self) -> str:
-        """``ws(s)://host:port/agent/v1/channel`` from ``http(s)://host:port``."""
-        parts = urlsplit(self.base_url)
-        scheme = "wss" if parts.scheme == "https" else "ws"
-        return f"{scheme}://{parts.netloc}{parts.path}{CHANNEL_PATH}"
+        """``ws(s)://host:port/agent/v1/channel`` of the first server (`base_url`)."""
+        return channel_url_for(self.base_url)

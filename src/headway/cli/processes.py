@@ -61,15 +61,18 @@ def agent(
     state_dir: Annotated[
         Path, typer.Option("--state-dir", help="Where the agent keeps releases and its journal.")
     ],
-    server_url: Annotated[
-        str,
+    server_urls: Annotated[
+        list[str] | None,
         typer.Option(
             "--server",
             envvar="HEADWAY_SERVER",
-            help="URL of the Headway server",
+            help="URL of the Headway server; several servers (of one PostgreSQL database) "
+            "comma-separated or --server repeated: the agent connects to the first and moves "
+            "to the next when its connection fails or is lost",
+            show_default=DEFAULT_SERVER,
             show_envvar=True,
         ),
-    ] = DEFAULT_SERVER,
+    ] = None,
     token: Annotated[
         str,
         typer.Option(
@@ -86,6 +89,9 @@ def agent(
     ] = None,
 ) -> None:
     """Run the agent of one host: converge it to the release the server asks for."""
+    from headway.agent.servers import parse_servers
+
+    servers = parse_servers(server_urls or [DEFAULT_SERVER])
     if not token:
         raise SpecError(
             "no agent token given",
@@ -97,7 +103,7 @@ def agent(
     from headway.agent.settings import AgentSettings
 
     settings = AgentSettings(
-        server=server_url,
+        server=",".join(servers),
         token=token,
         name=name,
         address=address,

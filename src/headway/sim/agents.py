@@ -4,6 +4,11 @@ They install nothing: on a new desired release they wait ``restart_time``
 (a simulated restart), then report healthy on it, or failed when the
 release's parameters say so (``SIM_FAIL=1``) or the host is in
 ``failing_hosts``. Used by server tests and by `bench/scale.py`.
+
+Given several servers (``server`` as a comma-separated list), an agent
+connects to the first and, when a connection fails or is lost, tries the
+next one (round robin) at once; it pauses only after a whole round of
+attempts. With one server it reconnects as it always did.
 """
 
 from __future__ import annotations
@@ -16,9 +21,9 @@ from dataclasses import dataclass, field
 
 from websockets.asyncio.client import ClientConnection, connect
 
+from headway.agent.servers import channel_url_for, split_servers
 from headway.domain.models import Health
 from headway.protocol.messages import (
-    CHANNEL_PATH,
     Desired,
     Hello,
     Observation,
@@ -30,13 +35,18 @@ from headway.protocol.messages import (
 
 @dataclass
 class SimAgentConfig:
-    server: str                      # http://127.0.0.1:7400
+    server: str                      # http://127.0.0.1:7400, or several comma-separated
     token: str
     service: str
     restart_time: float = 0.05
     failing_hosts: frozenset[str] = frozenset()
     jitter: float = 0.0              # extra random restart time, seconds
     seed: int = 0
+
+    @property
+    def servers(self) -> tuple[str, ...]:
+        """Every server's base URL, in the order given."""
+        return split_servers(self.server) or (self.server,)
 
 
 @dataclass
@@ -51,18 +61,23 @@ class SimAgent:
     desired_seen: list[tuple[int | None, int]] = field(default_factory=list)
     on_applied: Callable[[SimAgent, int], None] | None = None
     connected: asyncio.Event = field(default_factory=asyncio.Event)
+    server: str = ""                 # the base URL it connects (or last connected) to
 
     def observation(self) -> Observation:
         return Observation(release=self.release, generation=self.generation, health=self.health)
 
     async def run(self) -> None:
         """Connect (and reconnect) until cancelled."""
-        url = self.config.server.replace("http://", "ws://", 1) + CHANNEL_PATH
+        servers = self.config.servers
+        urls = [channel_url_for(server) for server in servers]
         rng = random.Random(f"{self.config.seed}:{self.name}")
+        index = tries = 0            # tries: attempts since the last pause
         while True:
+            self.server = servers[index]
+            failed = False
             try:
                 async with connect(
-                    url,
+                    urls[index],
                     additional_headers={"Authorization": f"Bearer {self.config.token}"},
                     local_addr=(self.address, 0),
                     open_timeout=30,
@@ -74,6 +89,16 @@ class SimAgent:
                 raise
             except Exception:
                 self.connected.clear()
+                failed = True
+            if len(servers) == 1:
+                if failed:
+                    await asyncio.sleep(0.2 + rng.random() * 0.5)
+                continue
+            self.connected.clear()
+            index = (index + 1) % len(servers)
+            tries += 1
+            if tries >= len(servers):    # a whole round: pause (so never a busy loop)
+                tries = 0
                 await asyncio.sleep(0.2 + rng.random() * 0.5)
 
     async def _session(self, ws: ClientConnection, rng: random.Random) -> None:
