@@ -17,6 +17,7 @@ from headway.cli.main import app
 from headway.domain.durations import Budget
 from headway.errors import Conflict, SpecError
 from headway.fleet import local
+from headway.fleet.processes import bind_probe
 
 
 def test_sample_service_matches_the_brief() -> None:
@@ -62,6 +63,17 @@ def test_find_port_prefers_the_given_one_and_falls_back() -> None:
         assert other != taken and other > 0
     free = local.find_port(0)
     assert local.find_port(free) == free
+
+
+def test_bind_probe_tells_a_taken_port_from_a_free_one() -> None:
+    with socket.socket() as busy:
+        busy.bind(("127.0.0.1", 0))
+        busy.listen()
+        taken = busy.getsockname()[1]
+        assert bind_probe("127.0.0.1", taken) is None
+    picked = bind_probe("127.0.0.1", 0)
+    assert picked is not None and picked > 0
+    assert bind_probe("127.0.0.1", picked) == picked
 
 
 def _sleeper(tmp_path: Path, *marker: str, ignore_term: bool = False) -> int:

@@ -8,10 +8,13 @@ import threading
 import time
 from collections.abc import Iterator
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from pathlib import Path
 from urllib.parse import parse_qs, urlsplit
 
 import pytest
 
+from headway.clock import SystemClock
+from headway.fleet.demo import DemoFrame, LoadRun, Phase
 from headway.fleet.loadgen import (
     BackgroundLoad,
     ErrorKind,
@@ -23,6 +26,7 @@ from headway.fleet.loadgen import (
     summarize,
     timeline,
 )
+from headway.fleet.local import Fleet
 
 
 class _Handler(BaseHTTPRequestHandler):
@@ -153,4 +157,30 @@ def test_windows_percentiles_and_timeline() -> None:
     assert [(b.start, b.answers, b.failed) for b in buckets] == [
         (0.0, {"v1": 2}, 0), (1.0, {"v2": 1}, 1), (2.0, {"v2": 1}, 0),
     ]
+    assert buckets[1].to_json() == {"t": 1.0, "answers": {"v2": 1}, "failed": 1}
     assert summarize(records).to_json()["p50_ms"] == 10.0  # nearest rank of 10, 10, 20, 30 ms
+
+
+def test_load_run_draws_frames_and_keeps_every_answer(server: str, tmp_path: Path) -> None:
+    """The demos' load (headway.fleet.demo.LoadRun): sending while the block runs, a frame
+    per interval, every answer kept once the block ends."""
+    fleet = Fleet(server="http://127.0.0.1:1", token="", state_dir=tmp_path, traffic=server)
+    frames: list[DemoFrame] = []
+    lines: list[str] = []
+    clock = SystemClock()
+    with LoadRun(
+        fleet, "canary", rate=40, on_frame=frames.append, clock=clock, sleep=time.sleep, log=lines.append
+    ) as load:
+        assert abs(load.started_at - clock.now()) < 5.0
+        deadline = time.monotonic() + 5.0
+        # three requests out, well before the first slow one (at 0.225 s of the load with seed 1)
+        while load.generator.sent < 3 and time.monotonic() < deadline:
+            load.hold(Phase.BEFORE, 0.01)
+        assert load.records == []
+    assert lines == [f"sending 40 requests/s through HAProxy at {server}"]
+    assert frames and frames[0].phase is Phase.BEFORE and frames[0].rollout is None
+    assert {f.strategy for f in frames} == {"canary"}
+    records = load.records
+    assert 2 <= len(records) == load.generator.sent and load.generator.in_flight == 0
+    assert all(r.ok and r.version == "v7" and r.path == "/" for r in records)
+    assert sorted(r.index for r in records) == list(range(len(records)))

@@ -2,10 +2,13 @@
 
 from __future__ import annotations
 
+import functools
 import shlex
 from collections import deque
+from collections.abc import Callable
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Annotated
+from typing import Annotated, Protocol, TypeVar
 
 import typer
 from rich.console import Console, Group, RenderableType
@@ -286,126 +289,145 @@ def demo(
     one stays on v1 for a rollback) and no request failed. With --bad-release, only if v3
     was stopped at the first canary step and rolled back, with every host healthy on v2.
     """
+    if bad_release and strategy not in (None, StrategyKind.CANARY):
+        raise SpecError(
+            f"--bad-release runs a canary rollout, not {strategy.value}",
+            hint="leave out --strategy (or pass --strategy canary)",
+        )
+    options = _DemoOptions(state_dir, hosts, rate, stay, port, traffic_port, address_prefix, json_out)
     if bad_release:
-        if strategy not in (None, StrategyKind.CANARY):
-            raise SpecError(
-                f"--bad-release runs a canary rollout, not {strategy.value}",
-                hint="leave out --strategy (or pass --strategy canary)",
-            )
-        _bad_release_demo(hosts, rate, stay, state_dir, port, traffic_port, address_prefix, json_out)
-        return
+        _run_demo(options, bad_module.run_bad_release_demo, _print_bad_release)
+    else:
+        run = functools.partial(demo_module.run_demo, strategy=strategy or StrategyKind.ROLLING)
+        _run_demo(options, run, _print_upgrade)
+
+
+@dataclass(frozen=True)
+class _DemoOptions:
+    """The options of `headway demo` that both of its runs (v2, or --bad-release) take."""
+
+    state_dir: Path
+    hosts: int
+    rate: float
+    stay: bool
+    port: int
+    traffic_port: int
+    address_prefix: str
+    json_out: bool
+
+
+_Summary = TypeVar("_Summary", demo_module.DemoSummary, bad_module.BadReleaseSummary)
+_Summary_co = TypeVar("_Summary_co", covariant=True)
+
+
+class _DemoRun(Protocol[_Summary_co]):
+    """`demo_module.run_demo` (strategy chosen) or `bad_module.run_bad_release_demo`."""
+
+    def __call__(
+        self,
+        state_dir: Path,
+        hosts: int,
+        *,
+        rate: float,
+        stay: bool,
+        port: int,
+        traffic_port: int,
+        address_prefix: str,
+        on_frame: Callable[[demo_module.DemoFrame], None],
+        log: local.Log,
+    ) -> _Summary_co: ...
+
+
+def _run_demo(
+    options: _DemoOptions, run: _DemoRun[_Summary], report: Callable[[Console, _Summary], None]
+) -> None:
+    """``run`` with the live view (none with --json), then its summary: one JSON document,
+    or ``report`` and, with --stay, how to explore the fleet; exit 1 unless it passed."""
     console = stdout_console()
-    view = _LiveDemo(console, _progress(json_out), enabled=not json_out)
+    view = _LiveDemo(console, _progress(options.json_out), enabled=not options.json_out)
     try:
-        summary = demo_module.run_demo(
-            state_dir,
-            hosts,
-            strategy=strategy or StrategyKind.ROLLING,
-            rate=rate,
-            stay=stay,
-            port=port,
-            traffic_port=traffic_port,
-            address_prefix=address_prefix,
+        summary = run(
+            options.state_dir,
+            options.hosts,
+            rate=options.rate,
+            stay=options.stay,
+            port=options.port,
+            traffic_port=options.traffic_port,
+            address_prefix=options.address_prefix,
             on_frame=view.update,
             log=view.log,
         )
     finally:
         view.close()
-
-    if json_out:
+    if options.json_out:
         print_json(summary.to_json())
     else:
-        style = "green" if summary.ok else "red"
-        total = summary.total
-        console.print(
-            f"\n[{style}]{'demo passed' if summary.ok else 'demo failed'}[/{style}]: "
-            f"{summary.strategy} rollout {summary.rollout_id} "
-            f"{summary.status.value.replace('_', ' ')} in {summary.duration_seconds:.1f}s; "
-            f"{summary.hosts_healthy_on_target}/{summary.hosts_total} hosts healthy on "
-            f"v{summary.to_release}; {summary.events} events"
-            + (f" ({escape(summary.reason)})" if summary.reason else "")
-        )
-        for problem in summary.problems:
-            console.print(f"  [red]{escape(problem)}[/red]")
-        _print_figures(console, summary)
-        before, during = summary.load["before"], summary.load["during"]
-        console.print(
-            f"[bold]{total.sent} requests, {total.non_2xx} non-2xx, "
-            f"{total.connection_errors} connection errors[/bold]; p50/p99 before "
-            f"{_ms(before.p50)}/{_ms(before.p99)}, during {_ms(during.p50)}/{_ms(during.p99)}; "
-            f"versions seen: {', '.join(sorted(total.versions)) or '-'}"
-        )
-        if stay:
+        report(console, summary)
+        if options.stay:
             fleet = local.load_fleet(summary.state_dir)
             if fleet is not None:
                 _print_try(fleet, stop_hint=True)
     if not summary.ok:
         raise typer.Exit(EXIT_ROLLOUT_FAILED)
+
+
+def _print_outcome(console: Console, ok: bool, outcome: str, problems: list[str]) -> None:
+    style = "green" if ok else "red"
+    console.print(f"\n[{style}]{'demo passed' if ok else 'demo failed'}[/{style}]: {outcome}")
+    for problem in problems:
+        console.print(f"  [red]{escape(problem)}[/red]")
+
+
+def _print_upgrade(console: Console, summary: demo_module.DemoSummary) -> None:
+    _print_outcome(
+        console,
+        summary.ok,
+        f"{summary.strategy} rollout {summary.rollout_id} "
+        f"{summary.status.value.replace('_', ' ')} in {summary.duration_seconds:.1f}s; "
+        f"{summary.hosts_healthy_on_target}/{summary.hosts_total} hosts healthy on "
+        f"v{summary.to_release}; {summary.events} events"
+        + (f" ({escape(summary.reason)})" if summary.reason else ""),
+        summary.problems,
+    )
+    _print_figures(console, summary)
+    total = summary.total
+    before, during = summary.load["before"], summary.load["during"]
+    console.print(
+        f"[bold]{total.sent} requests, {total.non_2xx} non-2xx, "
+        f"{total.connection_errors} connection errors[/bold]; p50/p99 before "
+        f"{_ms(before.p50)}/{_ms(before.p99)}, during {_ms(during.p50)}/{_ms(during.p99)}; "
+        f"versions seen: {', '.join(sorted(total.versions)) or '-'}"
+    )
 
 
 def _seconds(value: float | None) -> str:
     return "-" if value is None else f"{value:.1f} s"
 
 
-def _bad_release_demo(
-    hosts: int,
-    rate: float,
-    stay: bool,
-    state_dir: Path,
-    port: int,
-    traffic_port: int,
-    address_prefix: str,
-    json_out: bool,
-) -> None:
-    console = stdout_console()
-    view = _LiveDemo(console, _progress(json_out), enabled=not json_out)
-    try:
-        summary = bad_module.run_bad_release_demo(
-            state_dir,
-            hosts,
-            rate=rate,
-            stay=stay,
-            port=port,
-            traffic_port=traffic_port,
-            address_prefix=address_prefix,
-            on_frame=view.update,
-            log=view.log,
-        )
-    finally:
-        view.close()
-    if json_out:
-        print_json(summary.to_json())
-    else:
-        style = "green" if summary.ok else "red"
-        bad = summary.bad
-        outcome = (
-            f"{summary.bad_version} rollout {bad.id} {bad.status.value.replace('_', ' ')}"
-            if bad is not None
-            else f"{summary.bad_version} was never rolled out"
-        )
-        console.print(
-            f"\n[{style}]{'demo passed' if summary.ok else 'demo failed'}[/{style}]: {outcome}; "
-            f"{summary.hosts_healthy_on_previous}/{summary.hosts_total} hosts healthy on the "
-            f"previous release"
-        )
-        for problem in summary.problems:
-            console.print(f"  [red]{escape(problem)}[/red]")
-        if summary.timings.verdict:
-            console.print(f"[bold]verdict[/bold]: {escape(summary.timings.verdict)}")
-        _print_figures(console, summary)
-        t = summary.timings
-        params = ", ".join(f"{k}={v}" for k, v in summary.bad_params.items())
-        console.print(
-            f"[bold]bad release {summary.bad_version} ({params})[/bold]: caught in "
-            f"[bold]{_seconds(t.detect)}[/bold] (bad host in load balancing -> failing verdict; "
-            f"each verification observes {summary.verification_seconds:g} s), rolled back in "
-            f"[bold]{_seconds(t.rollback)}[/bold] (drain {_seconds(t.drain)}, then "
-            f"{_seconds(t.after_drain)}); it answered [bold]{summary.bad_requests}[/bold] "
-            f"requests, {summary.bad_requests_failed} of them failed"
-        )
-        if stay:
-            fleet = local.load_fleet(summary.state_dir)
-            if fleet is not None:
-                _print_try(fleet, stop_hint=True)
-    if not summary.ok:
-        raise typer.Exit(EXIT_ROLLOUT_FAILED)
+def _print_bad_release(console: Console, summary: bad_module.BadReleaseSummary) -> None:
+    bad = summary.bad
+    outcome = (
+        f"{summary.bad_version} rollout {bad.id} {bad.status.value.replace('_', ' ')}"
+        if bad is not None
+        else f"{summary.bad_version} was never rolled out"
+    )
+    _print_outcome(
+        console,
+        summary.ok,
+        f"{outcome}; {summary.hosts_healthy_on_previous}/{summary.hosts_total} hosts healthy on the "
+        f"previous release",
+        summary.problems,
+    )
+    if summary.timings.verdict:
+        console.print(f"[bold]verdict[/bold]: {escape(summary.timings.verdict)}")
+    _print_figures(console, summary)
+    t = summary.timings
+    params = ", ".join(f"{k}={v}" for k, v in summary.bad_params.items())
+    console.print(
+        f"[bold]bad release {summary.bad_version} ({params})[/bold]: caught in "
+        f"[bold]{_seconds(t.detect)}[/bold] (bad host in load balancing -> failing verdict; "
+        f"each verification observes {summary.verification_seconds:g} s), rolled back in "
+        f"[bold]{_seconds(t.rollback)}[/bold] (drain {_seconds(t.drain)}, then "
+        f"{_seconds(t.after_drain)}); it answered [bold]{summary.bad_requests}[/bold] "
+        f"requests, {summary.bad_requests_failed} of them failed"
+    )

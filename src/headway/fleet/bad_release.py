@@ -36,17 +36,15 @@ from typing import Any
 
 import yaml
 
-from headway.api_models import CreateRelease
 from headway.client.api import ApiClient
 from headway.client.watch import RolloutSnapshot, watch_rollout
 from headway.clock import Clock, SystemClock
-from headway.domain.models import Event, Health, HostView, Release, RolloutStatus, RolloutSummary
+from headway.domain.models import Event, Health, HostView, RolloutStatus, RolloutSummary
 from headway.domain.spec import CanaryStrategy
 from headway.domain.verification import VerificationSpec
 from headway.engine.plan import Batch
 from headway.engine.planners import plan_canary
 from headway.errors import HeadwayError
-from headway.fleet.artifact import build_sample_artifact
 from headway.fleet.demo import (
     AFTER_SECONDS,
     BEFORE_SECONDS,
@@ -54,31 +52,20 @@ from headway.fleet.demo import (
     DEFAULT_DEMO_HOSTS,
     DEFAULT_RATE,
     FRAME_INTERVAL,
-    MAX_LOAD_SECONDS,
-    SLOW_SHARE,
     DemoFrame,
+    LoadRun,
     Phase,
-    TrafficNow,
-    reset_state_dir,
+    fresh_fleet,
 )
-from headway.fleet.loadgen import (
-    BackgroundLoad,
-    LoadGenerator,
-    LoadSettings,
-    LoadSummary,
-    RequestRecord,
-    summarize,
-    timeline,
-)
+from headway.fleet.loadgen import LoadSummary, RequestRecord, summarize, timeline
 from headway.fleet.local import (
     DEFAULT_ADDRESS_PREFIX,
     DEFAULT_PORT,
     DEFAULT_TRAFFIC_PORT,
     Fleet,
     Log,
-    fleet_down,
     fleet_service_spec,
-    fleet_up,
+    publish_sample_release,
 )
 
 BAD_PARAMS = {"ERROR_RATE": "0.3"}  # the sample app answers 500 to 30% of / and /slow
@@ -163,23 +150,7 @@ def demo_verification(rate: float, hosts: int, smoke_test: Path) -> Verification
     )
 
 
-def publish_release(
-    client: ApiClient,
-    service: str,
-    version: str,
-    artifacts_dir: Path,
-    *,
-    params: dict[str, str] | None = None,
-    note: str = "",
-) -> Release:
-    """Build the sample app as ``version`` (its ``X-App-Version``), upload it and create a
-    release of it with ``params``."""
-    tarball = build_sample_artifact(version, artifacts_dir)
-    ref = client.upload_artifact(tarball)
-    return client.create_release(
-        service,
-        CreateRelease(artifact=ref.digest, params=dict(params or {}), note=note or f"sample app {version}"),
-    )
+publish_release = publish_sample_release  # the name other code imports from here
 
 
 def apply_verification(fleet: Fleet, strategy: CanaryStrategy, verification: VerificationSpec) -> None:
@@ -361,45 +332,31 @@ def catch_bad_release(
     then to a bad v3; the figures of how v3 was caught and rolled back."""
     clock = clock or SystemClock()
     kind = strategy.type.value
-    generator = LoadGenerator(
-        LoadSettings(url=fleet.traffic, rate=rate, duration=MAX_LOAD_SECONDS, slow_share=SLOW_SHARE, seed=1),
-        clock=clock,
-    )
-
-    def frame(phase: Phase, snapshot: RolloutSnapshot | None = None) -> None:
-        on_frame(DemoFrame(kind, phase, TrafficNow.of(generator), snapshot))
-
-    def hold(phase: Phase, seconds: float) -> None:
-        end = clock.monotonic() + seconds
-        while clock.monotonic() < end:
-            frame(phase)
-            sleep(min(FRAME_INTERVAL, max(0.0, end - clock.monotonic())))
-
     problems: list[str] = []
     good: RolloutSummary | None = None
     bad: RolloutSummary | None = None
     events: list[Event] = []
     artifacts = fleet.state_dir / "artifacts"
-    log(f"sending {rate:g} requests/s through HAProxy at {fleet.traffic}")
-    load = BackgroundLoad(generator).start()
     marks = [0.0, 0.0, 0.0]  # load time when v2 started, v3 started, v3 ended
-    try:
-        hold(Phase.BEFORE, before)
+    with LoadRun(fleet, kind, rate=rate, on_frame=on_frame, clock=clock, sleep=sleep, log=log) as load:
+        load.hold(Phase.BEFORE, before)
         with ApiClient(fleet.server, fleet.token, timeout=30.0) as client:
-            release = publish_release(client, fleet.service, "v2", artifacts, note="headway demo: good")
+            release = publish_sample_release(
+                client, fleet.service, "v2", artifacts, note="headway demo: good"
+            )
             log(f"created release {release.version} (good); starting the {kind} rollout")
-            marks[0] = generator.elapsed()
+            marks[0] = load.elapsed()
             out = client.start_rollout(fleet.service, to=release.version, note="headway demo: good release")
             good = _follow(
-                client, out.rollout.id, lambda s: frame(Phase.DURING, s),
+                client, out.rollout.id, lambda s: load.frame(Phase.DURING, s),
                 clock=clock, sleep=sleep, timeout=timeout,
             )
-            marks[1] = generator.elapsed()
+            marks[1] = load.elapsed()
             if good.status is not RolloutStatus.SUCCEEDED:
                 problems.append(f"the good release's rollout ended {good.status.value}: {good.reason}")
             else:
                 params = ", ".join(f"{k}={v}" for k, v in BAD_PARAMS.items())
-                bad_release = publish_release(
+                bad_release = publish_sample_release(
                     client, fleet.service, "v3", artifacts, params=BAD_PARAMS,
                     note=f"headway demo: bad release ({params})",
                 )
@@ -408,7 +365,7 @@ def catch_bad_release(
                     fleet.service, to=bad_release.version, note="headway demo: bad release"
                 )
                 bad = _follow(
-                    client, out.rollout.id, lambda s: frame(Phase.BAD_RELEASE, s),
+                    client, out.rollout.id, lambda s: load.frame(Phase.BAD_RELEASE, s),
                     clock=clock, sleep=sleep, timeout=timeout,
                 )
                 if bad.status is RolloutStatus.PAUSED:
@@ -416,22 +373,15 @@ def catch_bad_release(
                     log("the bad release's rollout paused; aborting it (rolls back)")
                     client.abort(bad.id, reason="headway demo: the bad release was not caught")
                     _follow(
-                        client, bad.id, lambda s: frame(Phase.BAD_RELEASE, s),
+                        client, bad.id, lambda s: load.frame(Phase.BAD_RELEASE, s),
                         clock=clock, sleep=sleep, timeout=timeout,
                     )
                 events = list(client.iter_events(rollout=bad.id))
-            marks[2] = generator.elapsed()
-            hold(Phase.AFTER, after)
+            marks[2] = load.elapsed()
+            load.hold(Phase.AFTER, after)
             hosts = client.list_hosts(service=fleet.service)
-    finally:
-        generator.stop()
-        deadline = clock.monotonic() + 60.0  # past the requests' own 30 s timeout
-        while load.running and clock.monotonic() < deadline:
-            frame(Phase.FINISHING)
-            sleep(FRAME_INTERVAL)
-        records: list[RequestRecord] = load.stop(timeout=5.0)
     return _summarize(
-        fleet, strategy, good, bad, events, hosts, records, marks, problems, verification_seconds
+        fleet, strategy, good, bad, events, hosts, load.records, marks, problems, verification_seconds
     )
 
 
@@ -523,7 +473,7 @@ def _summarize(
         traffic=fleet.traffic,
         state_dir=fleet.state_dir,
         load=windows,
-        timeline=[{"t": b.start, "answers": b.answers, "failed": b.failed} for b in timeline(records)],
+        timeline=[b.to_json() for b in timeline(records)],
     )
 
 
@@ -549,15 +499,12 @@ def run_bad_release_demo(
             "still on the previous release",
             hint="pass --hosts 2 or more (the default is 10)",
         )
-    state_dir = state_dir.resolve()
     strategy = bad_release_strategy()
-    reset_state_dir(state_dir, log)
-    fleet = fleet_up(
-        state_dir, hosts, port=port, traffic_port=traffic_port, address_prefix=address_prefix,
-        strategy=strategy, clock=clock, sleep=sleep, log=log,
-    )
-    try:
-        smoke = state_dir / SMOKE_FILE
+    with fresh_fleet(
+        state_dir, hosts, strategy=strategy, stay=stay, port=port, traffic_port=traffic_port,
+        address_prefix=address_prefix, clock=clock, sleep=sleep, log=log,
+    ) as fleet:
+        smoke = fleet.state_dir / SMOKE_FILE
         smoke.write_text(SMOKE_TEST, encoding="utf-8")
         verification = demo_verification(rate, hosts, smoke)
         apply_verification(fleet, strategy, verification)
@@ -569,7 +516,3 @@ def run_bad_release_demo(
             fleet, strategy, rate=rate, verification_seconds=verification.duration,
             on_frame=on_frame, clock=clock, sleep=sleep, log=log,
         )
-    finally:
-        if not stay:
-            log("stopping the fleet")
-            fleet_down(state_dir, clock=clock, sleep=sleep)

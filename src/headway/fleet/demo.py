@@ -18,13 +18,15 @@ UI-free: the CLI passes a callback that draws each `DemoFrame` with Rich.
 
 from __future__ import annotations
 
+import contextlib
 import shutil
 import time
 from collections import Counter
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 from enum import StrEnum
 from pathlib import Path
+from types import TracebackType
 from typing import Any
 
 from headway.client.api import ApiClient
@@ -225,6 +227,120 @@ def reset_state_dir(state_dir: Path, log: Log) -> None:
         shutil.rmtree(state_dir)
 
 
+@contextlib.contextmanager
+def fresh_fleet(
+    state_dir: Path,
+    hosts: int,
+    *,
+    strategy: SampleStrategy,
+    stay: bool,
+    pools: tuple[str, str] | None = None,
+    port: int = DEFAULT_PORT,
+    traffic_port: int = DEFAULT_TRAFFIC_PORT,
+    address_prefix: str = DEFAULT_ADDRESS_PREFIX,
+    clock: Clock | None = None,
+    sleep: Callable[[float], None] = time.sleep,
+    log: Log = lambda _: None,
+) -> Iterator[Fleet]:
+    """A fleet started anew in ``state_dir`` (what an earlier run left there is stopped and
+    removed first), stopped when the block ends unless ``stay``."""
+    state_dir = state_dir.resolve()
+    reset_state_dir(state_dir, log)
+    fleet = fleet_up(
+        state_dir,
+        hosts,
+        port=port,
+        traffic_port=traffic_port,
+        address_prefix=address_prefix,
+        pools=pools,
+        strategy=strategy,
+        clock=clock,
+        sleep=sleep,
+        log=log,
+    )
+    try:
+        yield fleet
+    finally:
+        if not stay:
+            log("stopping the fleet")
+            fleet_down(state_dir, clock=clock, sleep=sleep)
+
+
+class LoadRun:
+    """Open-loop load through the fleet's HAProxy while a ``with`` block runs: ``rate``
+    req/s, `SLOW_SHARE` of them to /slow, each moment drawn as a `DemoFrame` by ``on_frame``.
+
+    Leaving the block stops the sending, draws `Phase.FINISHING` frames while the answers
+    in flight come back (60 s at most, past the requests' own 30 s timeout), and keeps every
+    request's record in `records`.
+    """
+
+    def __init__(
+        self,
+        fleet: Fleet,
+        strategy: str,
+        *,
+        rate: float,
+        on_frame: Callable[[DemoFrame], None],
+        clock: Clock,
+        sleep: Callable[[float], None],
+        log: Log,
+    ) -> None:
+        self.generator = LoadGenerator(
+            LoadSettings(
+                url=fleet.traffic,
+                rate=rate,
+                duration=MAX_LOAD_SECONDS,
+                slow_share=SLOW_SHARE,
+                seed=1,
+            ),
+            clock=clock,
+        )
+        self.started_at = 0.0  # wall clock (epoch seconds) of the load's time 0
+        self.records: list[RequestRecord] = []  # every request's, once the block has ended
+        self._fleet = fleet
+        self._strategy = strategy
+        self._rate = rate
+        self._on_frame = on_frame
+        self._clock = clock
+        self._sleep = sleep
+        self._log = log
+        self._load: BackgroundLoad | None = None
+
+    def elapsed(self) -> float:
+        """Seconds of the load so far: the time base of every record."""
+        return self.generator.elapsed()
+
+    def frame(self, phase: Phase, snapshot: RolloutSnapshot | None = None) -> None:
+        self._on_frame(DemoFrame(self._strategy, phase, TrafficNow.of(self.generator), snapshot))
+
+    def hold(self, phase: Phase, seconds: float) -> None:
+        """Keep the load up for ``seconds``, drawing a frame every `FRAME_INTERVAL`."""
+        end = self._clock.monotonic() + seconds
+        while self._clock.monotonic() < end:
+            self.frame(phase)
+            self._sleep(min(FRAME_INTERVAL, max(0.0, end - self._clock.monotonic())))
+
+    def __enter__(self) -> LoadRun:
+        self._log(f"sending {self._rate:g} requests/s through HAProxy at {self._fleet.traffic}")
+        self._load = BackgroundLoad(self.generator).start()
+        self.started_at = self._clock.now()
+        return self
+
+    def __exit__(
+        self, kind: type[BaseException] | None, value: BaseException | None, tb: TracebackType | None
+    ) -> None:
+        load = self._load
+        if load is None:
+            return
+        self.generator.stop()
+        deadline = self._clock.monotonic() + 60.0  # past the requests' own 30 s timeout
+        while load.running and self._clock.monotonic() < deadline:
+            self.frame(Phase.FINISHING)
+            self._sleep(FRAME_INTERVAL)
+        self.records = load.stop(timeout=5.0)
+
+
 def _judge(
     fleet: Fleet, strategy: SampleStrategy, hosts: Sequence[HostView], to_release: int,
     from_release: int | None,
@@ -270,59 +386,30 @@ def upgrade(
     it; the outcome and the load's figures, measured."""
     clock = clock or SystemClock()
     kind = strategy.type.value
-    generator = LoadGenerator(
-        LoadSettings(
-            url=fleet.traffic,
-            rate=rate,
-            duration=MAX_LOAD_SECONDS,
-            slow_share=SLOW_SHARE,
-            seed=1,
-        ),
-        clock=clock,
-    )
-
-    def frame(phase: Phase, snapshot: RolloutSnapshot | None = None) -> None:
-        on_frame(DemoFrame(kind, phase, TrafficNow.of(generator), snapshot))
-
-    def hold(phase: Phase, seconds: float) -> None:
-        end = clock.monotonic() + seconds
-        while clock.monotonic() < end:
-            frame(phase)
-            sleep(min(FRAME_INTERVAL, max(0.0, end - clock.monotonic())))
-
-    log(f"sending {rate:g} requests/s through HAProxy at {fleet.traffic}")
-    load = BackgroundLoad(generator).start()
-    load_started_at = clock.now()
-    try:
-        hold(Phase.BEFORE, before)
+    with LoadRun(fleet, kind, rate=rate, on_frame=on_frame, clock=clock, sleep=sleep, log=log) as load:
+        load.hold(Phase.BEFORE, before)
         with ApiClient(fleet.server, fleet.token, timeout=30.0) as client:
             release = publish_sample_release(
                 client, fleet.service, "v2", fleet.state_dir / "artifacts", note="headway demo"
             )
             log(f"created release {release.service} {release.version}; starting the {kind} rollout")
             started = clock.monotonic()
-            t_start = generator.elapsed()
+            t_start = load.elapsed()
             out = client.start_rollout(fleet.service, to=release.version, note="headway demo")
             final = watch_rollout(
                 client,
                 out.rollout.id,
-                on_update=lambda snap: frame(Phase.DURING, snap),
+                on_update=lambda snap: load.frame(Phase.DURING, snap),
                 clock=clock,
                 timeout=timeout,
                 interval=FRAME_INTERVAL,
                 sleep=sleep,
             )
-            t_end = generator.elapsed()
+            t_end = load.elapsed()
             duration = clock.monotonic() - started
-            hold(Phase.AFTER, after)
+            load.hold(Phase.AFTER, after)
             hosts = client.list_hosts(service=fleet.service)
-    finally:
-        generator.stop()
-        deadline = clock.monotonic() + 60.0  # past the requests' own 30 s timeout
-        while load.running and clock.monotonic() < deadline:
-            frame(Phase.FINISHING)
-            sleep(FRAME_INTERVAL)
-        records: list[RequestRecord] = load.stop(timeout=5.0)
+    records = load.records
 
     summary = final.rollout.rollout
     target, problems = _judge(fleet, strategy, hosts, release.number, summary.from_release)
@@ -366,12 +453,10 @@ def upgrade(
         traffic=fleet.traffic,
         state_dir=fleet.state_dir,
         load=windows,
-        timeline=[
-            {"t": b.start, "answers": b.answers, "failed": b.failed} for b in timeline(records)
-        ],
+        timeline=[b.to_json() for b in timeline(records)],
         problems=problems,
         failures=sorted((r for r in records if not r.ok), key=lambda r: r.scheduled)[:20],
-        load_started_at=load_started_at,
+        load_started_at=load.started_at,
         rollout_window=(t_start, t_end),
     )
 
@@ -393,24 +478,18 @@ def run_demo(
 ) -> DemoSummary:
     """Fresh fleet on v1 -> load -> rollout to v2 -> summary; the fleet is stopped unless
     ``stay``."""
-    state_dir = state_dir.resolve()
     chosen = demo_strategy(strategy)
-    reset_state_dir(state_dir, log)
-    fleet = fleet_up(
+    with fresh_fleet(
         state_dir,
         hosts,
+        strategy=chosen,
+        stay=stay,
+        pools=DEFAULT_POOLS if strategy is StrategyKind.BLUE_GREEN else None,
         port=port,
         traffic_port=traffic_port,
         address_prefix=address_prefix,
-        pools=DEFAULT_POOLS if strategy is StrategyKind.BLUE_GREEN else None,
-        strategy=chosen,
         clock=clock,
         sleep=sleep,
         log=log,
-    )
-    try:
+    ) as fleet:
         return upgrade(fleet, chosen, rate=rate, on_frame=on_frame, clock=clock, sleep=sleep, log=log)
-    finally:
-        if not stay:
-            log("stopping the fleet")
-            fleet_down(state_dir, clock=clock, sleep=sleep)

@@ -347,6 +347,9 @@ class Bucket:
     answers: dict[str, int]  # by X-App-Version
     failed: int
 
+    def to_json(self) -> dict[str, Any]:
+        return {"t": self.start, "answers": self.answers, "failed": self.failed}
+
 
 def timeline(records: Iterable[RequestRecord], bucket: float = 1.0) -> list[Bucket]:
     """Which versions answered over time: requests grouped by the ``bucket`` their answer

@@ -34,7 +34,6 @@ from __future__ import annotations
 import contextlib
 import json
 import os
-import socket
 import sys
 import time
 from collections.abc import Callable, Sequence
@@ -62,6 +61,7 @@ from headway.fleet import balancer
 from headway.fleet.artifact import build_sample_artifact
 from headway.fleet.processes import (
     Log,
+    bind_probe,
     cmdline,
     find_port,
     is_alive,
@@ -190,14 +190,21 @@ def assign_pools(hosts: Sequence[str], pools: tuple[str, str]) -> dict[str, str]
 
 
 def publish_sample_release(
-    client: ApiClient, service: str, version: str, artifacts_dir: Path, note: str = ""
+    client: ApiClient,
+    service: str,
+    version: str,
+    artifacts_dir: Path,
+    note: str = "",
+    *,
+    params: dict[str, str] | None = None,
 ) -> Release:
-    """Build the sample app as ``version``, upload it and create a release from it."""
-    artifacts_dir.mkdir(parents=True, exist_ok=True)
-    tarball = build_sample_artifact(version, artifacts_dir)
+    """Build the sample app as ``version`` (its ``X-App-Version``), upload it and create a
+    release of it with ``params``."""
+    tarball = build_sample_artifact(version, artifacts_dir)  # creates artifacts_dir if need be
     ref = client.upload_artifact(tarball)
     return client.create_release(
-        service, CreateRelease(artifact=ref.digest, note=note or f"sample app {version}")
+        service,
+        CreateRelease(artifact=ref.digest, params=dict(params or {}), note=note or f"sample app {version}"),
     )
 
 
@@ -514,14 +521,7 @@ def _start(
 def _check_free(plan: list[tuple[str, str]], port: int) -> None:
     """Refuse hosts whose address:port something already listens on: another fleet's app
     there would answer this fleet's traffic (and this fleet's app could not start)."""
-    taken = []
-    for name, address in plan:
-        with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as probe:
-            probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-            try:
-                probe.bind((address, port))
-            except OSError:
-                taken.append(f"{name} ({address}:{port})")
+    taken = [f"{name} ({address}:{port})" for name, address in plan if bind_probe(address, port) is None]
     if taken:
         raise Conflict(
             f"something already listens where hosts would serve: {', '.join(taken[:5])}"

@@ -121,16 +121,24 @@ def stop(
     return stopped
 
 
+def bind_probe(host: str, port: int) -> int | None:
+    """The port a TCP socket binds on ``host`` when asked for ``port`` (0: one the kernel
+    picks), or None if something holds it; the probe closes at once."""
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as probe:
+        probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        try:
+            probe.bind((host, port))
+        except OSError:
+            return None
+        bound: int = probe.getsockname()[1]
+        return bound
+
+
 def find_port(preferred: int, host: str = "127.0.0.1") -> int:
     """``preferred`` if nothing listens there, else a free port the kernel picks."""
     for port in (preferred, 0):
-        with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as probe:
-            probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-            try:
-                probe.bind((host, port))
-            except OSError:
-                continue
-            bound: int = probe.getsockname()[1]
+        bound = bind_probe(host, port)
+        if bound is not None:
             return bound
     raise HeadwayError(f"no free TCP port on {host}", hint="stop something that listens there")
 
