@@ -175,6 +175,11 @@ class PostgresElection:
                 self._last_problem = problem
             if self._token is not None:
                 self._depose(f"the session holding the lease broke ({problem})")
+        except Exception:  # a bug must not end the election: log it, stand down, go on
+            log.exception("election step failed")
+            self._close_session()
+            if self._token is not None:
+                self._depose("the election step failed")
         if self._token is not None and self.clock.monotonic() - self._renewed_at > self.ttl:
             self._depose(f"the lease was not renewed for {self.ttl:g}s")
 
@@ -214,15 +219,15 @@ class PostgresElection:
             with session.transaction():
                 row = session.execute(
                     "UPDATE leases SET token = token + 1, holder = %s, about = %s, "
-                    "acquired_at = extract(epoch from clock_timestamp()), "
-                    "expires_at = extract(epoch from clock_timestamp()) + %s "
+                    "acquired_at = extract(epoch from clock_timestamp())::float8, "
+                    "expires_at = extract(epoch from clock_timestamp())::float8 + %s "
                     "WHERE name = %s RETURNING token",
                     (self.server_id, self.about, self.ttl, RUNNER_LEASE),
                 ).fetchone()
             assert row is not None, "the leases table lacks its runner row (migration 0004)"
             return int(row[0])
         lease = session.execute(
-            "SELECT holder, about, expires_at, extract(epoch from clock_timestamp()) "
+            "SELECT holder, about, expires_at, extract(epoch from clock_timestamp())::float8 "
             "FROM leases WHERE name = %s",
             (RUNNER_LEASE,),
         ).fetchone()
@@ -247,7 +252,7 @@ class PostgresElection:
     def _renew(self, token: int) -> bool:
         session = self._connect()
         cursor = session.execute(
-            "UPDATE leases SET expires_at = extract(epoch from clock_timestamp()) + %s "
+            "UPDATE leases SET expires_at = extract(epoch from clock_timestamp())::float8 + %s "
             "WHERE name = %s AND token = %s",
             (self.ttl, RUNNER_LEASE, token),
         )

@@ -42,6 +42,7 @@ class SimAgentConfig:
     failing_hosts: frozenset[str] = frozenset()
     jitter: float = 0.0              # extra random restart time, seconds
     seed: int = 0
+    heartbeat: float | None = None   # seconds between idle reports, as real agents send; None: none
 
     @property
     def servers(self) -> tuple[str, ...]:
@@ -81,7 +82,10 @@ class SimAgent:
                     additional_headers={"Authorization": f"Bearer {self.config.token}"},
                     local_addr=(self.address, 0),
                     open_timeout=30,
-                    ping_interval=None,
+                    # with heartbeats, pings too (as real agents): a server that stopped
+                    # answering is left for the next one after two heartbeats
+                    ping_interval=self.config.heartbeat,
+                    ping_timeout=2 * self.config.heartbeat if self.config.heartbeat else None,
                     max_queue=4,
                 ) as ws:
                     await self._session(ws, rng)
@@ -110,20 +114,29 @@ class SimAgent:
         )
         await ws.send(hello.model_dump_json())
         work: asyncio.Task[None] | None = None
+        beats: asyncio.Task[None] | None = None
         try:
             async for frame in ws:
                 message = server_message.validate_json(frame)
                 if isinstance(message, Welcome):
                     self.connected.set()
+                    if self.config.heartbeat is not None and beats is None:
+                        beats = asyncio.create_task(self._heartbeat(ws, self.config.heartbeat))
                 elif isinstance(message, Desired):
                     if work is not None:
                         work.cancel()
                     work = asyncio.create_task(self._converge(ws, message, rng))
         finally:
-            if work is not None:
-                work.cancel()
-                with contextlib.suppress(BaseException):
-                    await work
+            for task in (work, beats):
+                if task is not None:
+                    task.cancel()
+                    with contextlib.suppress(BaseException):
+                        await task
+
+    async def _heartbeat(self, ws: ClientConnection, every: float) -> None:
+        while True:
+            await asyncio.sleep(every)
+            await ws.send(Report(observed=self.observation()).model_dump_json())
 
     async def _converge(self, ws: ClientConnection, desired: Desired, rng: random.Random) -> None:
         number = desired.release.number if desired.release else None
