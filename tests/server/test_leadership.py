@@ -4,14 +4,21 @@ silent leader's sessions ended after its lease, and its writes refused (fencing)
 from __future__ import annotations
 
 import asyncio
+import json
 import time
 from collections.abc import Iterator
 
 import pytest
 
 from headway.clock import SystemClock
+from headway.domain.models import ArtifactRef, Health
+from headway.domain.spec import parse_service_spec
 from headway.errors import Fenced
+from headway.protocol.messages import Desired, Observation
+from headway.server import requests as r
+from headway.server.hub import AgentHub
 from headway.server.leadership import PostgresElection, new_server_id
+from headway.server.runner import Runner
 from headway.store import NewEvent, Store
 from headway.testing.pg import fresh_schema
 
@@ -95,3 +102,65 @@ def test_a_silent_leader_is_replaced_after_its_lease_and_its_writes_are_refused(
         b.store.close()
 
     asyncio.run(main())
+
+
+def test_a_deposed_runner_writes_nothing_and_tells_no_agent(url: str) -> None:
+    """The runner of a leader whose lease was taken over: its next batch is refused by
+    the store before anything is written, and no agent hears from it."""
+    class Pushes(AgentHub):
+        def __init__(self) -> None:
+            super().__init__()
+            self.sent: list[str] = []
+
+        def push(self, host: str, message: Desired) -> bool:
+            self.sent.append(host)
+            return True
+
+    class Clock(SystemClock):
+        t = 1_700_000_000.0
+
+        def now(self) -> float:
+            return self.t
+
+    store = Store(url)
+    spec = parse_service_spec(
+        {
+            "name": "web",
+            "run": {"start": ["./app"]},
+            "health": {"http": {}},
+            "strategy": {"batch_size": 1, "min_healthy_time": "1s", "progress_deadline": "60s"},
+        }
+    )
+    artifact = ArtifactRef(digest="sha256:" + "a" * 64, size=10, url="/api/v1/artifacts/a")
+    clock, hub = Clock(), Pushes()
+    with store.tx() as tx:
+        tx.put_service(spec, clock.t)
+        tx.create_release("web", artifact, {}, "t", "", clock.t)
+        tx.create_release("web", artifact, {"V": "2"}, "t", "", clock.t)
+        tx.set_service_current_release("web", 1)
+        token = tx.take_lease("server-a", "a:7400", ttl=30)
+    runner = Runner(store, hub, clock, reconnect_grace=0.0)
+    runner.fence = token
+    runner._recover()
+    runner._grace_done = True
+    healthy = Observation(release=1, generation=1, health=Health.HEALTHY)
+    runner._handle([r.HostHello(h, "web", "127.0.0.1", {"service": "web"}, healthy) for h in "abc"])
+    runner._handle([r.StartRollout("web", 2, "alice")])
+
+    def stored() -> tuple[str, int, list[int]]:
+        with store.tx() as tx:
+            ((_, state),) = tx.active_rollouts()
+            events = tx.list_events(limit=5000)
+            generations = [h.generation for h in tx.list_hosts("web")]
+        return json.dumps(state, sort_keys=True), len(events), generations
+
+    before, told = stored(), list(hub.sent)
+    with store.tx() as tx:
+        tx.take_lease("server-b", "b:7400", ttl=30)  # another server leads now
+    clock.t += 5  # the first host's bake is over: the deposed runner would move on
+    updated = Observation(release=2, generation=2, health=Health.HEALTHY)
+    with pytest.raises(Fenced):
+        runner._handle([r.HostReport("a", updated)])
+    assert stored() == before
+    assert hub.sent == told
+    store.close()

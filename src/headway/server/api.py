@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import re
 from collections.abc import AsyncIterator
+from pathlib import Path
 from typing import Annotated
 
 from fastapi import APIRouter, Depends, Query, Request
@@ -148,6 +149,12 @@ def download_artifact(digest: str, request: Request, ctx: Ctx) -> FileResponse:
         raise SpecError(f"{digest!r} is not an artifact digest", hint="use sha256:<64 hex digits>")
     with ctx.store.tx() as tx:
         _, path = tx.get_artifact(digest)
+    if not Path(path).is_file():  # uploaded to a server that does not share this one's disk
+        raise NotFound(
+            f"artifact {digest} is recorded, but its file {path} is not on this server",
+            hint="servers sharing a database must share their state directory's artifacts/ "
+            "(one volume), or releases must use artifact URLs",
+        )
     return FileResponse(path, media_type="application/gzip")
 
 

@@ -15,7 +15,7 @@ from starlette.concurrency import run_in_threadpool
 
 from headway.api_models import ConfigFromUrl, ConfigPushOut, ConfigRestoreOut
 from headway.domain.models import ConfigRevision, ConfigSourceKind
-from headway.errors import SpecError
+from headway.errors import NotFound, SpecError
 from headway.server import requests as r
 from headway.server.api import Actor, Ctx
 from headway.server.auth import Role, require
@@ -146,6 +146,12 @@ async def download_config(digest: str, request: Request, ctx: Ctx) -> Response:
                     return tx.config_revision_path(digest)
 
             local = Path(await run_in_threadpool(where))
+            if not local.is_file():  # stored by a server that does not share this one's disk
+                raise NotFound(
+                    f"config bundle {digest} is recorded, but its file is not on this server",
+                    hint="servers sharing a database must share their state directory "
+                    "(one volume)",
+                )
         if local.stat().st_size > cache.max_item:
             return FileResponse(local, media_type="application/gzip")  # streamed, not kept
         data = await run_in_threadpool(local.read_bytes)
