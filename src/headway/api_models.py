@@ -24,6 +24,7 @@ Routes (all under a bearer token except ``GET /healthz``):
     GET  /api/v1/services/{name}/configs?limit=N   -> list[ConfigRevision], newest first
     GET  /api/v1/configs/{digest}                  -> the bundle's bytes (operator or agent token)
     POST /api/v1/services/{name}/config/restore    -> ConfigRestoreOut (drifted hosts re-apply)
+    GET  /api/v1/cluster                            -> ClusterOut (which server leads, the lease)
     WS   /agent/v1/channel                          the agent protocol (headway.protocol)
 
 Errors are ``Problem`` bodies with the matching status (401, 404, 409, 413, 422, 503).
@@ -137,3 +138,17 @@ __all__ = [
     "ServiceOut",
     "StartRollout",
 ]
+
+
+class LeaseOut(BaseModel):
+    holder: str
+    about: str
+    token: int
+    expires_in: float  # seconds; negative: expired that long ago
+
+
+class ClusterOut(BaseModel):
+    server: str  # this server's id
+    role: str  # "leader" or "follower"
+    database: str  # "sqlite" (one server) or "postgresql" (several may share it)
+    lease: LeaseOut | None  # None on SQLite: there is no election

@@ -51,6 +51,7 @@ app.add_typer(rollouts.rollout_app, name="rollout", rich_help_panel="Rollouts")
 app.command("rollback", rich_help_panel="Rollouts")(rollouts.rollback)
 app.command("hosts", rich_help_panel="Fleet")(resources.hosts)
 app.command("history", rich_help_panel="Fleet")(resources.history)
+app.command("cluster", rich_help_panel="Fleet")(resources.cluster)
 app.add_typer(fleet.fleet_app, name="fleet", rich_help_panel="Local fleet")
 app.command("demo", rich_help_panel="Local fleet")(fleet.demo)
 

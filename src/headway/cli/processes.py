@@ -42,14 +42,58 @@ def server(
             show_envvar=True,
         ),
     ] = None,
+    lease_ttl: Annotated[
+        float,
+        typer.Option(
+            "--lease-ttl",
+            min=1.0,
+            help="PostgreSQL: seconds a leader's lease lasts; a leader that stops renewing it "
+            "(paused, cut off) is replaced after this long. A leader that dies is replaced "
+            "within a quarter of it.",
+        ),
+    ] = 10.0,
+    heartbeat: Annotated[
+        float,
+        typer.Option("--heartbeat", min=0.5, help="Seconds between agents' reports when idle."),
+    ] = 15.0,
+    reconnect_grace: Annotated[
+        float,
+        typer.Option(
+            "--reconnect-grace",
+            min=0.0,
+            help="After a start or a takeover, seconds agents have to be heard from before "
+            "they count as disconnected; keep it above --heartbeat.",
+        ),
+    ] = 20.0,
 ) -> None:
-    """Run the control plane: REST API, agent channel and rollout engine."""
+    """Run the control plane: REST API, agent channel and rollout engine.
+
+    Several servers may share one PostgreSQL database (--database): one leads the rollout
+    runner, the others serve the API and agents and hand commands to it. They must share
+    the state directory (tokens, artifacts, config bundles), e.g. on one volume.
+    """
     host, port = parse_listen(listen)
+    if reconnect_grace <= heartbeat:
+        raise SpecError(
+            f"--reconnect-grace {reconnect_grace:g} is not above --heartbeat {heartbeat:g}",
+            hint="agents report every heartbeat; give them longer than that to be heard from, "
+            "e.g. --reconnect-grace 20 --heartbeat 15",
+        )
     # Imported here, not at the top: `headway --help` and the API commands stay fast.
     from headway.server.main import run_server
     from headway.server.settings import ServerSettings
 
-    run_server(ServerSettings(state_dir=state_dir, host=host, port=port, database_url=database or None))
+    run_server(
+        ServerSettings(
+            state_dir=state_dir,
+            host=host,
+            port=port,
+            database_url=database or None,
+            lease_ttl=lease_ttl,
+            heartbeat=heartbeat,
+            reconnect_grace=reconnect_grace,
+        )
+    )
 
 
 @handled

@@ -197,3 +197,34 @@ def history(
         console.print("no events")
         return
     console.print(events_table(events))
+
+
+@handled
+def cluster(
+    server: ServerOption = DEFAULT_SERVER,
+    token: TokenOption = "",
+    json_out: JsonOption = False,
+) -> None:
+    """Show which server leads the rollout runner (servers sharing a PostgreSQL database)."""
+    with make_client(server, token) as client:
+        found = client.cluster()
+    if json_out:
+        print_json(found)
+        return
+    console = stdout_console()
+    console.print(f"this server: {found.server} ({found.role}), database {found.database}")
+    lease = found.lease
+    if lease is None:
+        console.print("one server (SQLite): it always leads")
+    elif not lease.holder:
+        console.print("no server has led yet")
+    elif lease.expires_in < 0:
+        console.print(
+            f"[yellow]no leader[/]: the lease of {lease.about or lease.holder} (token {lease.token}) "
+            f"expired {-lease.expires_in:.1f}s ago; another server takes over within seconds"
+        )
+    else:
+        console.print(
+            f"leader: {lease.about or lease.holder} (token {lease.token}, lease renewed, "
+            f"{lease.expires_in:.1f}s left)"
+        )

@@ -23,6 +23,7 @@ from pydantic import BaseModel, TypeAdapter, ValidationError
 
 from headway.api_models import (
     ApplyService,
+    ClusterOut,
     ConfigFromUrl,
     ConfigPushOut,
     ConfigRestoreOut,
@@ -221,6 +222,9 @@ class ApiClient:
         """True when ``GET /healthz`` answers 2xx (no token needed)."""
         self._request("GET", "/healthz")
         return True
+
+    def cluster(self) -> ClusterOut:
+        return self._model(ClusterOut, self._request("GET", "/api/v1/cluster"))
 
     def list_services(self) -> list[ServiceOut]:
         return self._list(_SERVICES, self._request("GET", "/api/v1/services"))

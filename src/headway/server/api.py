@@ -9,13 +9,14 @@ from typing import Annotated
 
 from fastapi import APIRouter, Depends, Query, Request
 from fastapi.responses import FileResponse
-from pydantic import BaseModel
 from starlette.concurrency import run_in_threadpool
 
 from headway.api_models import (
     ApplyService,
+    ClusterOut,
     CreateRelease,
     HostProgressOut,
+    LeaseOut,
     OperatorAction,
     RolloutOut,
     ServiceOut,
@@ -312,20 +313,6 @@ def list_events(
 ) -> list[Event]:
     with ctx.store.tx() as tx:
         return tx.list_events(service, rollout, after, limit)
-
-
-class LeaseOut(BaseModel):
-    holder: str
-    about: str
-    token: int
-    expires_in: float  # seconds; negative: expired that long ago
-
-
-class ClusterOut(BaseModel):
-    server: str  # this server's id
-    role: str  # "leader" or "follower"
-    database: str  # "sqlite" (one server) or "postgresql" (several may share it)
-    lease: LeaseOut | None  # None on SQLite: there is no election
 
 
 @router.get("/cluster")
