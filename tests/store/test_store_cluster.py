@@ -101,13 +101,15 @@ def test_the_inbox_keeps_order_replies_once_and_can_be_withdrawn(store: Store) -
         ("f1", "StartRollout", True),
         ("f2", "HostGone", False),
     ]
-    assert [i.id for i in pending[:2]] == ids
+    assert [i.id for i in pending[1:2]] == ids  # the ids of those that want a reply
+    assert pending[0].id < pending[1].id < pending[2].id
     with store.tx() as tx:
-        tx.answer_inbox([(ids[0], None), (ids[1], '{"none":null}')])
-        assert tx.take_replies([ids[0]]) == {}  # no reply wanted: the row is gone
+        report = pending[0].id
+        tx.answer_inbox([(report, None), (ids[0], '{"none":null}')])
+        assert tx.take_replies([report]) == {}  # no reply wanted: the row is gone
     with store.tx() as tx:
         assert [i.kind for i in tx.pending_inbox()] == ["HostGone"]
-        assert tx.take_replies(ids) == {ids[1]: '{"none":null}'}
+        assert tx.take_replies(ids) == {ids[0]: '{"none":null}'}
         assert tx.take_replies(ids) == {}  # taken once
         gone = tx.pending_inbox()[0].id
         assert tx.withdraw_inbox(gone)

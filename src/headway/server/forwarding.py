@@ -183,7 +183,7 @@ class Forwarder:
             ids = tx.add_inbox(self.sender, items, self.clock.now())
             tx.notify("inbox")
         self._buffer.clear()
-        return ids[-1] if call is not None else None
+        return ids[-1] if call is not None else None  # the only one that wants a reply
 
     def take_replies(self) -> None:
         """Resolve the callers whose replies are in (on NOTIFY, and every second)."""

@@ -129,25 +129,31 @@ class ClusterTx:
     def add_inbox(
         self, sender: str, items: Sequence[tuple[str, str, bool]], now: float
     ) -> list[int]:
-        """Queue ``(kind, payload, wants_reply)`` requests in order; their ids, in order."""
-        ids = []
+        """Queue ``(kind, payload, wants_reply)`` requests in order; the ids of those that
+        want a reply, in order. Runs of the others (agent reports) go in one statement."""
+        ids: list[int] = []
+        run: list[dict[str, object]] = []
+
+        def flush() -> None:
+            if run:
+                self._conn.execute(sa.insert(inbox), run)
+                run.clear()
+
         for kind, payload, wants_reply in items:
-            ids.append(
-                int(
-                    self._conn.execute(
-                        sa.insert(inbox)
-                        .values(
-                            sender=sender,
-                            kind=kind,
-                            payload=payload,
-                            wants_reply=wants_reply,
-                            done=False,
-                            created_at=now,
-                        )
-                        .returning(inbox.c.id)
-                    ).scalar_one()
-                )
-            )
+            row = {
+                "sender": sender,
+                "kind": kind,
+                "payload": payload,
+                "wants_reply": wants_reply,
+                "done": False,
+                "created_at": now,
+            }
+            if not wants_reply:
+                run.append(row)
+                continue
+            flush()
+            ids.append(int(self._conn.execute(sa.insert(inbox).values(row).returning(inbox.c.id)).scalar_one()))
+        flush()
         return ids
 
     def pending_inbox(self, limit: int = 5000) -> list[InboxItem]:
