@@ -3,20 +3,38 @@
 The engine owns the state object it is handed and changes it in place:
 copying 100,000 host records per event would break the O(1)-per-event
 budget. A caller that needs the previous state keeps its serialised form.
+
+The JSON form is read off the dataclasses (`_Codec`, at the end of this
+module): every field in declaration order under its own name; enums as their
+values, nested dataclasses as objects, tuples as lists, plan steps as
+`plan.step_to_dict` writes them, ``RolloutState.hosts`` as the list of its
+hosts. A new field needs no codec change: give it a default, and states
+stored before it existed load with that default. Field order and each
+value's form are the store's format: the text of an unchanged state must stay
+the same (stored rollouts load again, and the runner compares texts to skip
+unchanged saves); tests/engine/test_state_codec.py pins it.
 """
 
 from __future__ import annotations
 
+import functools
 import heapq
 import json
 import operator
-from dataclasses import dataclass, field, fields
-from enum import StrEnum
+from collections.abc import Callable, Collection, Iterable, Mapping
+from dataclasses import MISSING, dataclass, field, fields, is_dataclass
+from enum import Enum, StrEnum
 from itertools import compress
-from typing import Any
+from types import UnionType
+from typing import Any, Generic, TypeVar, Union, get_args, get_origin, get_type_hints
 
 from headway.domain.models import Health, RolloutStatus
 from headway.engine.plan import Shift, Step, step_from_dict, step_to_dict
+from headway.errors import SpecError
+
+# Field metadata read by the codec.
+_DERIVED = "headway.derived"  # not stored: rebuilt from the other fields on loading
+_KEYED_BY = "headway.keyed_by"  # a dict of dataclasses, stored as the list of its values
 
 
 class HostPhase(StrEnum):
@@ -85,49 +103,11 @@ class HostTrack:
     pending_action: str = ""  # the traffic action it waits on
 
     def to_dict(self) -> dict[str, Any]:
-        return {
-            "name": self.name,
-            "phase": self.phase.value,
-            "desired_release": self.desired_release,
-            "generation": self.generation,
-            "observed_release": self.observed_release,
-            "observed_generation": self.observed_generation,
-            "health": self.health.value,
-            "connected": self.connected,
-            "detail": self.detail,
-            "changed_at": self.changed_at,
-            "healthy_since": self.healthy_since,
-            "deadline": self.deadline,
-            "available": self.available,
-            "batch": self.batch,
-            "admitted": self.admitted,
-            "managed": self.managed,
-            "next_release": self.next_release,
-            "pending_action": self.pending_action,
-        }
+        return _HOST.encode(self)
 
     @classmethod
-    def from_dict(cls, d: dict[str, Any]) -> HostTrack:
-        return cls(
-            name=d["name"],
-            phase=HostPhase(d["phase"]),
-            desired_release=d["desired_release"],
-            generation=d["generation"],
-            observed_release=d["observed_release"],
-            observed_generation=d["observed_generation"],
-            health=Health(d["health"]),
-            connected=d["connected"],
-            detail=d["detail"],
-            changed_at=d["changed_at"],
-            healthy_since=d["healthy_since"],
-            deadline=d["deadline"],
-            available=d["available"],
-            batch=d["batch"],
-            admitted=d.get("admitted", False),
-            managed=d.get("managed", False),
-            next_release=d.get("next_release"),
-            pending_action=d.get("pending_action", ""),
-        )
+    def from_dict(cls, d: Mapping[str, Any]) -> HostTrack:
+        return _HOST.decode(d)
 
 
 @dataclass(slots=True)
@@ -149,7 +129,7 @@ class RolloutState:
     waiting_promote: bool = False
     pause_until: float | None = None
     final_status: RolloutStatus | None = None  # where ROLLING_BACK ends (rolled_back or aborted)
-    hosts: dict[str, HostTrack] = field(default_factory=dict)
+    hosts: dict[str, HostTrack] = field(default_factory=dict, metadata={_KEYED_BY: "name"})
     unavailable: int = 0
     failed: int = 0
     done: int = 0
@@ -172,7 +152,8 @@ class RolloutState:
     analysis_pending: str = ""  # the Analyze action awaited
     inconclusive: int = 0  # inconclusive verdicts in a row at this step
     verified: bool = False  # this step's gates passed
-    timers: list[tuple[float, str, int]] = field(default_factory=list)  # heap (at, host, generation)
+    # heap of (at, host, generation); not stored: loading rebuilds it from the hosts' deadlines
+    timers: list[tuple[float, str, int]] = field(default_factory=list, metadata={_DERIVED: True})
 
     def next_action_id(self) -> str:
         self.seq += 1
@@ -183,121 +164,18 @@ class RolloutState:
         heapq.heappush(self.timers, (at, host.name, host.generation))
 
     def to_dict(self) -> dict[str, Any]:
-        d = self._fields()
-        d["plan"] = [step_to_dict(s) for s in self.plan]
-        d["hosts"] = [h.to_dict() for h in self.hosts.values()]
-        return d
+        return _ROLLOUT.encode(self)
 
     def _fields(self) -> dict[str, Any]:
         """`to_dict` in its key order, with ``plan`` and ``hosts`` (the O(hosts) parts) as None."""
-        p = self.policy
-        return {
-            "version": 1,
-            "rollout_id": self.rollout_id,
-            "service": self.service,
-            "from_release": self.from_release,
-            "to_release": self.to_release,
-            "strategy": self.strategy,
-            "policy": {
-                "max_unavailable": p.max_unavailable,
-                "min_healthy_time": p.min_healthy_time,
-                "progress_deadline": p.progress_deadline,
-                "failure_budget": p.failure_budget,
-                "auto_rollback": p.auto_rollback,
-                "max_rps_per_host": p.max_rps_per_host,
-                "pause_on_fail": p.pause_on_fail,
-                "max_inconclusive": p.max_inconclusive,
-            },
-            "plan": None,
-            "phase": self.phase.value,
-            "reason": self.reason,
-            "created_at": self.created_at,
-            "step_index": self.step_index,
-            "step_started_at": self.step_started_at,
-            "cursor": self.cursor,
-            "step_open": self.step_open,
-            "waiting_promote": self.waiting_promote,
-            "pause_until": self.pause_until,
-            "final_status": self.final_status.value if self.final_status else None,
-            "hosts": None,
-            "unavailable": self.unavailable,
-            "failed": self.failed,
-            "done": self.done,
-            "revert_queue": self.revert_queue,
-            "revert_failed": self.revert_failed,
-            "revert_open": self.revert_open,
-            "touched": self.touched,
-            "blocked": self.blocked,
-            "blocked_since": self.blocked_since,
-            "seq": self.seq,
-            "traffic": self.traffic,
-            "shift_back": step_to_dict(self.shift_back) if self.shift_back else None,
-            "live_pool": self.live_pool,
-            "shift_open": self.shift_open,
-            "pending_traffic": self.pending_traffic,
-            "retry_hosts": self.retry_hosts,
-            "load_rps": self.load_rps,
-            "analysis_pending": self.analysis_pending,
-            "inconclusive": self.inconclusive,
-            "verified": self.verified,
-        }
+        return _ROLLOUT_TOP.encode(self)
 
     @classmethod
-    def from_dict(cls, d: dict[str, Any]) -> RolloutState:
-        p = d["policy"]
-        state = cls(
-            rollout_id=d["rollout_id"],
-            service=d["service"],
-            from_release=d["from_release"],
-            to_release=d["to_release"],
-            strategy=d["strategy"],
-            policy=Policy(
-                max_unavailable=p["max_unavailable"],
-                min_healthy_time=p["min_healthy_time"],
-                progress_deadline=p["progress_deadline"],
-                failure_budget=p["failure_budget"],
-                auto_rollback=p["auto_rollback"],
-                max_rps_per_host=p.get("max_rps_per_host"),
-                pause_on_fail=p.get("pause_on_fail", False),
-                max_inconclusive=p.get("max_inconclusive", 3),
-            ),
-            plan=[step_from_dict(s) for s in d["plan"]],
-            phase=RolloutStatus(d["phase"]),
-            reason=d["reason"],
-            created_at=d["created_at"],
-            step_index=d["step_index"],
-            step_started_at=d["step_started_at"],
-            cursor=d["cursor"],
-            step_open=d["step_open"],
-            waiting_promote=d["waiting_promote"],
-            pause_until=d["pause_until"],
-            final_status=RolloutStatus(d["final_status"]) if d["final_status"] else None,
-            unavailable=d["unavailable"],
-            failed=d["failed"],
-            done=d["done"],
-            revert_queue=list(d["revert_queue"]),
-            revert_failed=d["revert_failed"],
-            revert_open=d["revert_open"],
-            touched=list(d["touched"]),
-            blocked=d["blocked"],
-            blocked_since=d["blocked_since"],
-            seq=d["seq"],
-            traffic=d.get("traffic", False),
-            shift_back=_shift_from(d.get("shift_back")),
-            live_pool=d.get("live_pool"),
-            shift_open=d.get("shift_open", 0),
-            pending_traffic=dict(d.get("pending_traffic", {})),
-            retry_hosts=list(d.get("retry_hosts", [])),
-            load_rps=d.get("load_rps"),
-            analysis_pending=d.get("analysis_pending", ""),
-            inconclusive=d.get("inconclusive", 0),
-            verified=d.get("verified", False),
-        )
-        for raw in d["hosts"]:
-            host = HostTrack.from_dict(raw)
-            state.hosts[host.name] = host
-            if host.deadline is not None:
-                state.timers.append((host.deadline, host.name, host.generation))
+    def from_dict(cls, d: Mapping[str, Any]) -> RolloutState:
+        state = _ROLLOUT.decode(d)
+        state.timers = [
+            (h.deadline, h.name, h.generation) for h in state.hosts.values() if h.deadline is not None
+        ]
         heapq.heapify(state.timers)
         return state
 
@@ -366,17 +244,267 @@ class StateEncoder:
         texts.extend([""] * (len(prints) - len(texts)))
         common = min(len(prints), len(self._prints))
         changed = compress(range(common), map(operator.ne, prints, self._prints))
+        host_dict = _HOST.encode  # HostTrack.to_dict, one call less per host
         for i in changed:
-            texts[i] = _dumps(tracks[i].to_dict())
+            texts[i] = _dumps(host_dict(tracks[i]))
         for i in range(common, len(prints)):
-            texts[i] = _dumps(tracks[i].to_dict())
+            texts[i] = _dumps(host_dict(tracks[i]))
         self._prints, self._hosts = prints, texts
         return texts
 
 
-def _shift_from(raw: dict[str, Any] | None) -> Shift | None:
-    if raw is None:
-        return None
+# ---------------------------------------------------------------- JSON codec
+
+_T = TypeVar("_T")
+_Convert = Callable[[Any], Any]
+
+
+def _shift_from(raw: dict[str, Any]) -> Shift:
     step = step_from_dict(raw)
-    assert isinstance(step, Shift)
+    if not isinstance(step, Shift):
+        raise SpecError(f"stored rollout state: shift_back is a {type(step).__name__} step, not a shift")
     return step
+
+
+# Types with a JSON form of their own: plan steps carry a "type" tag (headway.engine.plan).
+_SPECIAL: dict[Any, tuple[_Convert, _Convert]] = {
+    Step: (step_to_dict, step_from_dict),
+    Shift: (step_to_dict, _shift_from),
+}
+_PLAIN = (str, int, float, bool)  # stored as they are, in both directions
+_NONE = type(None)
+_value = operator.attrgetter("value")
+
+
+class _Codec(Generic[_T]):
+    """The JSON form of one dataclass, planned once from its fields and type hints.
+
+    The plan is a converter per field (None: stored as it is), from the
+    field's type. ``encode`` is compiled from it into one dict display, the
+    same code as a hand-written ``to_dict`` (``{"name": obj.name, "phase":
+    obj.phase.value, ...}``; see ``encode_source``): a generic loop or
+    ``dict(zip(...))`` would double the cost of encoding a host. ``decode``
+    reads all fields in one C-level ``itemgetter`` call and converts only
+    those that need it. A mapping that lacks a field (stored before the field
+    existed) gets the field's default; lacking a field with no default, it is
+    refused. Keys the class does not know are ignored. ``header`` keys come
+    first in the JSON and are ignored on decoding; ``blank`` fields are
+    encoded as None (`RolloutState._fields`).
+    """
+
+    def __init__(
+        self, cls: type[_T], header: Mapping[str, Any] | None = None, blank: Collection[str] = ()
+    ) -> None:
+        hints = get_type_hints(cls)
+        every = fields(cls)  # type: ignore[arg-type]  # cls is a dataclass, checked by _codec_of
+        stored = [f for f in every if not f.metadata.get(_DERIVED)]
+        for f in every:
+            has_default = f.default is not MISSING or f.default_factory is not MISSING
+            if f.metadata.get(_DERIVED) and f.init and not has_default:
+                raise TypeError(f"{cls.__name__}.{f.name} is not stored, so it needs a default")
+            if not f.metadata.get(_DERIVED) and not f.init:
+                raise TypeError(f"{cls.__name__}.{f.name} is stored, so it must be an __init__ argument")
+        unknown = set(blank) - {f.name for f in stored}
+        if unknown:
+            raise TypeError(f"{cls.__name__} stores no field {sorted(unknown)}")
+        self._make: Callable[..., _T] = cls
+        self._name = cls.__name__
+        self._header = dict(header or {})
+        self._names = tuple(f.name for f in stored)
+        self._take = _items(self._names)
+        self._required = frozenset(
+            f.name for f in stored if f.default is MISSING and f.default_factory is MISSING
+        )
+        # the stored fields are the first __init__ parameters, in order: call with positions
+        init = [f.name for f in every if f.init and not f.kw_only]
+        self._positional = tuple(init[: len(self._names)]) == self._names
+        to: list[_Convert | None] = []
+        self._back: list[tuple[int, _Convert]] = []
+        for i, f in enumerate(stored):
+            convert, back = _converters(hints[f.name], f.metadata.get(_KEYED_BY), f"{cls.__name__}.{f.name}")
+            to.append(_blank if f.name in blank else convert)
+            if back is not None:
+                self._back.append((i, back))
+        self.encode_source, self.encode = _compile_encoder(self._header, zip(self._names, to, strict=True))
+
+    def decode(self, data: Mapping[str, Any]) -> _T:
+        try:
+            values: Any = self._take(data)
+        except KeyError:
+            return self._decode_older(data)
+        if self._back:
+            values = list(values)
+            for i, back in self._back:
+                values[i] = back(values[i])
+        if self._positional:
+            return self._make(*values)
+        return self._make(**dict(zip(self._names, values, strict=True)))
+
+    def _decode_older(self, data: Mapping[str, Any]) -> _T:
+        """Stored before some fields existed: those get their defaults."""
+        missing = sorted(self._required.difference(data))
+        if missing:
+            raise SpecError(
+                f"stored rollout state: {self._name} has no {', '.join(missing)}",
+                "the stored record is damaged or was not written by Headway; the rollout cannot resume",
+            )
+        back = dict(self._back)
+        kwargs: dict[str, Any] = {}
+        for i, name in enumerate(self._names):
+            if name in data:
+                convert = back.get(i)
+                kwargs[name] = data[name] if convert is None else convert(data[name])
+        return self._make(**kwargs)
+
+
+_CODECS: dict[type[Any], _Codec[Any]] = {}
+
+
+def _codec_of(cls: type[_T]) -> _Codec[_T]:
+    codec = _CODECS.get(cls)
+    if codec is None:
+        if not is_dataclass(cls):
+            raise TypeError(f"{cls.__name__} is not a dataclass")
+        codec = _CODECS[cls] = _Codec(cls)
+    return codec
+
+
+def _compile_encoder(
+    header: Mapping[str, Any], plan: Iterable[tuple[str, _Convert | None]]
+) -> tuple[str, Callable[[Any], dict[str, Any]]]:
+    """The source of ``encode(obj) -> dict`` for a plan of (field, converter), and the function.
+
+    Keys are ``repr``s of the field names (identifiers, as dataclass fields are);
+    values are ``obj.field``, ``obj.field.value`` for an enum, None for a blank
+    field, or a call of the field's converter, passed in by name.
+    """
+    namespace: dict[str, Any] = {}
+    items: list[str] = []
+    for j, (key, value) in enumerate(header.items()):
+        namespace[f"_h{j}"] = value
+        items.append(f"{key!r}: _h{j}")
+    for j, (name, convert) in enumerate(plan):
+        if convert is None:
+            value_source = f"obj.{name}"
+        elif convert is _value:
+            value_source = f"obj.{name}.value"
+        elif convert is _blank:
+            value_source = "None"
+        else:
+            namespace[f"_c{j}"] = convert
+            value_source = f"_c{j}(obj.{name})"
+        items.append(f"{name!r}: {value_source}")
+    source = "def encode(obj):\n    return {\n" + "".join(f"        {i},\n" for i in items) + "    }\n"
+    exec(source, namespace)
+    encode: Callable[[Any], dict[str, Any]] = namespace["encode"]
+    return source, encode
+
+
+def _items(names: tuple[str, ...]) -> Callable[[Mapping[str, Any]], tuple[Any, ...]]:
+    """``operator.itemgetter(*names)``, giving a tuple for any number of names."""
+    if len(names) > 1:
+        return operator.itemgetter(*names)
+    if not names:
+        return lambda _data: ()
+    one = operator.itemgetter(names[0])
+    return lambda data: (one(data),)
+
+
+def _blank(_v: Any) -> None:
+    return None
+
+
+def _converters(tp: Any, keyed_by: str | None, where: str) -> tuple[_Convert | None, _Convert | None]:
+    """(to JSON, from JSON) for a value of type ``tp``; None: stored as it is.
+
+    From JSON, lists and dicts are copied, as the hand-written codec did, so
+    a state shares no container with the mapping it was read from.
+    """
+    if keyed_by is not None:
+        return _keyed(tp, keyed_by, where)
+    special = _SPECIAL.get(tp)
+    if special is not None:
+        return special
+    origin, args = get_origin(tp), get_args(tp)
+    if origin is UnionType or origin is Union:
+        if _NONE not in args:
+            raise TypeError(f"{where}: a union ({tp}) has no JSON form; add it to _SPECIAL")
+        rest = [a for a in args if a is not _NONE]
+        to, back = _converters(functools.reduce(operator.or_, rest), None, where)
+        return _or_none(to), _or_none(back)
+    if tp is Any or tp in _PLAIN:
+        return None, None
+    if isinstance(tp, type) and issubclass(tp, Enum):
+        return _value, tp
+    if isinstance(tp, type) and is_dataclass(tp):
+        codec = _codec_of(tp)
+        return codec.encode, codec.decode
+    if tp is list or origin is list:
+        return _list_of(args[0] if args else Any, where)
+    if tp is dict or origin is dict:
+        return _dict_of(args[1] if args else Any, args[0] if args else str, where)
+    if tp is tuple or origin is tuple:
+        return _tuple_of(args, where)
+    raise TypeError(f"{where}: no JSON form for {tp}; use plain values, enums, dataclasses or containers")
+
+
+def _or_none(convert: _Convert | None) -> _Convert | None:
+    if convert is None:
+        return None
+    return lambda v: None if v is None else convert(v)
+
+
+def _list_of(item: Any, where: str) -> tuple[_Convert | None, _Convert]:
+    to, back = _converters(item, None, where)
+    return (
+        None if to is None else lambda v: [to(x) for x in v],
+        list if back is None else lambda v: [back(x) for x in v],
+    )
+
+
+def _dict_of(value: Any, key: Any, where: str) -> tuple[_Convert | None, _Convert]:
+    if key is not str:
+        raise TypeError(f"{where}: JSON object keys are strings, not {key}")
+    to, back = _converters(value, None, where)
+    return (
+        None if to is None else lambda v: {k: to(x) for k, x in v.items()},
+        dict if back is None else lambda v: {k: back(x) for k, x in v.items()},
+    )
+
+
+def _tuple_of(args: tuple[Any, ...], where: str) -> tuple[_Convert, _Convert]:
+    """Stored as a list (so that ``to_dict`` equals its own JSON read back)."""
+    if not args or (len(args) == 2 and args[1] is Ellipsis):
+        to, back = _converters(args[0] if args else Any, None, where)
+        return (
+            list if to is None else lambda v: [to(x) for x in v],
+            tuple if back is None else lambda v: tuple(back(x) for x in v),
+        )
+    pairs = [_converters(a, None, where) for a in args]
+    tos, backs = [p[0] for p in pairs], [p[1] for p in pairs]
+    return (
+        lambda v: [x if c is None else c(x) for c, x in zip(tos, v, strict=True)],
+        lambda v: tuple(x if c is None else c(x) for c, x in zip(backs, v, strict=True)),
+    )
+
+
+def _keyed(tp: Any, key: str, where: str) -> tuple[_Convert, _Convert]:
+    """A dict of dataclasses by one of their fields, stored as the list of its values."""
+    args = get_args(tp)
+    if get_origin(tp) is not dict or not (isinstance(args[1], type) and is_dataclass(args[1])):
+        raise TypeError(f"{where}: only a dict of dataclasses is stored as a list of its values")
+    if key not in {f.name for f in fields(args[1])}:
+        raise TypeError(f"{where}: {args[1].__name__} has no field {key!r} to key the dict by")
+    codec = _codec_of(args[1])
+    key_of = operator.attrgetter(key)
+    encode, decode = codec.encode, codec.decode
+    return (
+        lambda v: [encode(x) for x in v.values()],
+        lambda v: {key_of(x): x for x in map(decode, v)},
+    )
+
+
+_VERSION = {"version": 1}  # the first key of a stored state; not read back
+_HOST = _codec_of(HostTrack)
+_ROLLOUT = _Codec(RolloutState, header=_VERSION)
+_ROLLOUT_TOP = _Codec(RolloutState, header=_VERSION, blank=_LISTS)
