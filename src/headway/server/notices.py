@@ -7,8 +7,10 @@
     service   any server, spec stored     service name     forgets the cached spec
 
 A notification can be lost while this session reconnects; so on every
-(re)connect the listener also acts as if each topic had fired for
-everything, and the senders' receivers poll as a safety net.
+(re)connect the listener acts as if each topic had fired for everything,
+and every ``resync_every`` seconds it looks again for what a lost one missed
+(`NoticeHandlers.quiet`: a follower's agents whose stored generation is
+ahead of what they reported).
 """
 
 from __future__ import annotations
@@ -28,6 +30,8 @@ from headway.store._tx_cluster import channel_name
 log = logging.getLogger("headway.notices")
 
 TOPICS = ("inbox", "reply", "desired", "service")
+# the listening session notices a database that went away silently within ~11 s
+KEEPALIVES = {"keepalives": 1, "keepalives_idle": 5, "keepalives_interval": 2, "keepalives_count": 3}
 
 
 @dataclass
@@ -36,7 +40,7 @@ class NoticeHandlers:
     reply: Callable[[], None]
     desired: Callable[[list[str] | None], None]  # None: every host connected here
     service: Callable[[str | None], None]  # None: every service
-    quiet: Callable[[], None]  # nothing heard for a while: look for what a lost notice missed
+    quiet: Callable[[], None]  # every few seconds: look for what a lost notification missed
 
 
 class NoticeListener:
@@ -47,20 +51,26 @@ class NoticeListener:
         self.connected = asyncio.Event()
 
     async def run(self) -> None:
+        sweeper = asyncio.create_task(self._sweep())
         problem = ""
-        while True:
-            try:
-                await self._listen()
-            except (psycopg.Error, OSError) as error:
-                text = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
-                if text != problem:
-                    log.error("notifications from the other servers stopped (%s); reconnecting", text)
-                    problem = text
-            self.connected.clear()
-            await asyncio.sleep(1.0)
+        try:
+            while True:
+                try:
+                    await self._listen()
+                except (psycopg.Error, OSError) as error:
+                    text = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
+                    if text != problem:
+                        log.error("notifications from the other servers stopped (%s); reconnecting", text)
+                        problem = text
+                self.connected.clear()
+                await asyncio.sleep(1.0)
+        finally:
+            sweeper.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await sweeper
 
     async def _listen(self) -> None:
-        params: dict[str, Any] = self.store.libpq_params()
+        params: dict[str, Any] = {**self.store.libpq_params(), **KEEPALIVES}
         schema = await asyncio.to_thread(self.store.schema)
         channels = {channel_name(schema, topic): topic for topic in TOPICS}
         conn = await psycopg.AsyncConnection.connect(autocommit=True, **params)
@@ -69,14 +79,16 @@ class NoticeListener:
                 await conn.execute(f'LISTEN "{channel}"')
             self.connected.set()
             self._everything()  # whatever was sent while this session was away
-            gen = conn.notifies(timeout=self.resync_every)
-            while True:
-                async for notice in gen:
-                    self._dispatch(channels.get(notice.channel, ""), notice.payload)
-                # the timeout passed quietly: make sure the session is alive, resync
-                await conn.execute("SELECT 1")
-                self._everything(idle=True)
-                gen = conn.notifies(timeout=self.resync_every)
+            # One generator for the session's life: between two generators a notification
+            # can be lost (psycopg #962). A dead peer ends it through the TCP keepalives.
+            async for notice in conn.notifies():
+                self._dispatch(channels.get(notice.channel, ""), notice.payload)
+
+    async def _sweep(self) -> None:
+        """Every few seconds, whatever a lost notification may have missed."""
+        while True:
+            await asyncio.sleep(self.resync_every)
+            self._everything(idle=True)
 
     def _dispatch(self, topic: str, payload: str) -> None:
         handlers = self.handlers
