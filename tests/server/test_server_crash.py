@@ -6,7 +6,6 @@ upgraded twice, and the rollout's clock (created_at, deadlines) continues.
 
 from __future__ import annotations
 
-import asyncio
 import time
 from pathlib import Path
 
@@ -16,6 +15,7 @@ import pytest
 from headway.sim.agents import SimAgent, SimAgentConfig
 from headway.testing.api_helpers import tiny_tarball as tarball
 from headway.testing.api_helpers import wait_hosts
+from headway.testing.cluster import run_with_agents
 from headway.testing.server_process import start_server
 
 SPEC = {
@@ -73,18 +73,8 @@ def test_sigkill_at_every_step_boundary_resumes_without_repeating(tmp_path: Path
         updating = [e["host"] for e in events if e["kind"] == "host.updating"]
         assert sorted(updating) == sorted(a.name for a in agents), "each host changed exactly once"
 
-    async def main() -> None:
-        tasks = [asyncio.create_task(a.run()) for a in agents]
-        try:
-            await asyncio.wait_for(asyncio.gather(*(a.connected.wait() for a in agents)), 20)
-            await asyncio.to_thread(scenario)
-        finally:
-            for t in tasks:
-                t.cancel()
-            await asyncio.gather(*tasks, return_exceptions=True)
-
     try:
-        asyncio.run(main())
+        run_with_agents(agents, scenario)
     finally:
         holder["server"].stop()
     for agent in agents:

@@ -122,6 +122,9 @@ def agents_for(c: Cluster, n: int, prefix: str, subnet: str, **config: Any) -> l
 
 
 def run_with_agents(agents: list[SimAgent], scenario: Callable[[], None]) -> None:
+    """Run the agents on an event loop; once all are connected, run the blocking
+    ``scenario`` in a thread; then stop them."""
+
     async def main() -> None:
         tasks = [asyncio.create_task(a.run()) for a in agents]
         try:
