@@ -38,7 +38,7 @@ from headway.engine.events import (
     TrafficDone,
 )
 from headway.engine.state import RolloutState
-from headway.errors import HeadwayError
+from headway.errors import Fenced, HeadwayError
 from headway.protocol.messages import Desired, Observation
 from headway.server.hub import AgentHub
 from headway.server.requests import (
@@ -314,7 +314,8 @@ class RunnerPlane:
         self.runner._recover()
 
     def _new_runner(self) -> TracedRunner:
-        return TracedRunner(
+        """A runner that leads: it takes the lease, so every earlier runner is fenced."""
+        runner = TracedRunner(
             self.store,
             SimHub(self.out),
             self.clock,
@@ -322,6 +323,25 @@ class RunnerPlane:
             traffic=SimTraffic(self.out, self.clock),
             verifier=SimVerifier(self.out),
         )
+        with self.store.tx() as tx:
+            runner.fence = tx.take_lease("sim", f"runner {id(runner)}", ttl=1e9)
+        return runner
+
+    def _check_deposed(self, old: TracedRunner) -> None:
+        """The runner before a restart, still holding its in-memory rollouts (a leader that
+        was paused, not killed), tries one more batch: the store must refuse it whole."""
+        with self.store.tx() as tx:
+            before = (tx.active_rollouts(), tx.list_events(limit=1_000_000)[-1:], tx.list_hosts())
+        try:
+            old._handle([])
+        except Fenced:
+            pass
+        else:
+            raise InvariantBroken("a deposed runner's batch was not refused (fencing token)")
+        with self.store.tx() as tx:
+            after = (tx.active_rollouts(), tx.list_events(limit=1_000_000)[-1:], tx.list_hosts())
+        if after != before:
+            raise InvariantBroken("a deposed runner changed the store")
 
     @property
     def rollout(self) -> RolloutState | None:
@@ -470,7 +490,8 @@ class RunnerPlane:
 
     def boot(self) -> None:
         self.up = True
-        self.runner = self._new_runner()
+        old, self.runner = self.runner, self._new_runner()
+        self._check_deposed(old)
         self.runner._started_at = self.clock.now()
         self.runner._recover()
         if self.rid is not None and self.rid in self.runner.states:
