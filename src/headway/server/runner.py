@@ -248,7 +248,7 @@ class Runner:
         except HeadwayError as failure:
             log.error("could not answer inbox request %d: %s", request_id, failure)
 
-    def _stand_down(self, batch: Iterable[Request] = ()) -> None:
+    def _stand_down(self, batch: Iterable[Request] = (), *, forward: bool = True) -> None:
         """The term ended: forget the in-memory rollouts; queued requests go to the new leader."""
         was_leading = self.leading
         self.leading = False
@@ -265,7 +265,7 @@ class Runner:
             if request.inbox is not None or isinstance(request, Wake):
                 continue  # still in the inbox: the next leader takes it from there
             if request.reply is not None and not request.reply.done():
-                if self.forwarder is not None and forwarding.forwardable(request):
+                if forward and self.forwarder is not None and forwarding.forwardable(request):
                     task = asyncio.ensure_future(self._forward_late(request))
                     self._late.add(task)
                     task.add_done_callback(self._late.discard)
@@ -276,7 +276,7 @@ class Runner:
                             hint="nothing was done; retry",
                         )
                     )
-            elif self.forwarder is not None and forwarding.forwardable(request):
+            elif forward and self.forwarder is not None and forwarding.forwardable(request):
                 self.forwarder.submit(request)
         if was_leading:
             log.warning("runner stopped: this server follows now")
@@ -301,18 +301,22 @@ class Runner:
         while True:
             await self._wait_for_election()
             pump = asyncio.create_task(self._pump_inbox()) if self.forwarder is not None else None
+            stopping = False
             try:
                 await self._lead()
             except Fenced as error:
                 log.error("%s", error)
                 if self.leadership is not None:
                     self.leadership.step_down(error.message)
+            except asyncio.CancelledError:
+                stopping = True  # the server stops: nobody is left to hand requests to
+                raise
             finally:
                 if pump is not None:
                     pump.cancel()
                     with contextlib.suppress(asyncio.CancelledError):
                         await pump
-                self._stand_down()
+                self._stand_down(forward=not stopping)
 
     async def _lead(self) -> None:
         """One term: load the stored rollouts, then handle batches while still elected."""
