@@ -120,7 +120,8 @@ def test_the_feed_sends_missed_deltas_or_a_snapshot(tmp_path: Path) -> None:
     with store.tx() as tx:
         for i in range(1, 4):
             tx.upsert_host(f"h{i}", "web", f"127.0.0.{i}", {}, 1.0)
-    ctx: Any = SimpleNamespace(store=store, runner=SimpleNamespace(by_service={}, state_of=lambda _: None))
+    runner = SimpleNamespace(leading=True, by_service={}, state_of=lambda _: None)
+    ctx: Any = SimpleNamespace(store=store, runner=runner)
 
     async def scenario() -> None:
         feed = FleetFeed(ctx)

@@ -18,7 +18,8 @@ health, connection or phase changed, as ``[index, r, d, h, c, p]``, plus the
 (small) services list; when hosts come, go or change group, a new snapshot is
 sent instead.
 
-`FleetFeed` polls the store (and the runner's in-memory rollout states) while
+`FleetFeed` polls the store (and, on the leader, the runner's in-memory rollout
+states; on another server, the states stored, see `stored.StoredRollouts`) while
 at least one browser watches (and `IDLE_STOP` seconds longer, so that going
 from page to page finds it warm), at most every `INTERVAL` seconds, and hands
 each watcher the deltas it missed, or a fresh snapshot when it fell too far
@@ -39,9 +40,11 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from headway.domain.models import Health
-from headway.engine.state import HostPhase
+from headway.engine.state import HostPhase, RolloutState
 from headway.server.context import ServerContext
 from headway.server.ui.reads import HostRow, HostState, host_meta, host_states
+from headway.server.ui.stored import StoredRollout, StoredRollouts
+from headway.store import Tx
 
 log = logging.getLogger("headway.ui")
 
@@ -68,21 +71,52 @@ class RolloutBrief:
     phases: dict[str, str]  # host -> phase value
 
 
+def brief_of(state: RolloutState) -> RolloutBrief:
+    return RolloutBrief(
+        state.rollout_id,
+        state.phase.value,
+        state.from_release,
+        state.to_release,
+        {name: track.phase.value for name, track in state.hosts.items()},
+    )
+
+
 def rollout_briefs(ctx: ServerContext) -> dict[str, RolloutBrief]:
-    """The runner's active rollouts by service. Call on the event loop: the runner
-    changes these states there, so reading them from another thread could race."""
+    """The runner's active rollouts by service (on the leader). Call on the event loop: the
+    runner changes these states there, so reading them from another thread could race."""
     out: dict[str, RolloutBrief] = {}
     for service, rollout_id in list(ctx.runner.by_service.items()):
         state = ctx.runner.state_of(rollout_id)
         if state is None:
             continue
-        out[service] = RolloutBrief(
-            rollout_id,
-            state.phase.value,
-            state.from_release,
-            state.to_release,
-            {name: track.phase.value for name, track in state.hosts.items()},
-        )
+        out[service] = brief_of(state)
+    return out
+
+
+def stored_briefs(
+    tx: Tx, rollouts: StoredRollouts, memo: dict[str, tuple[StoredRollout, RolloutBrief]]
+) -> dict[str, RolloutBrief]:
+    """The active rollouts by service as the store holds them (on a server that does not
+    lead). ``memo`` keeps each rollout's brief for as long as its stored state is unchanged
+    (the same `StoredRollout`); it is pruned to the rollouts still active."""
+    out: dict[str, RolloutBrief] = {}
+    seen: set[str] = set()
+    for entry in rollouts.active(tx):
+        summary = entry.summary
+        seen.add(summary.id)
+        kept = memo.get(summary.id)
+        if kept is not None and kept[0] is entry:
+            brief = kept[1]
+        elif entry.state is not None:
+            brief = brief_of(entry.state)
+        else:  # the state does not parse: the summary's figures, no host phases
+            brief = RolloutBrief(
+                summary.id, summary.status.value, summary.from_release, summary.to_release, {}
+            )
+        memo[summary.id] = (entry, brief)
+        out[summary.service] = brief
+    for gone in [rollout_id for rollout_id in memo if rollout_id not in seen]:
+        del memo[gone]
     return out
 
 
@@ -322,9 +356,13 @@ _Poll = tuple[list[HostState], list[tuple[str, int | None]], dict[str, RolloutBr
 class FleetFeed:
     """Polls while watched; keeps the current snapshot (encoded once) and recent deltas."""
 
-    def __init__(self, ctx: ServerContext, interval: float = INTERVAL) -> None:
+    def __init__(
+        self, ctx: ServerContext, interval: float = INTERVAL, rollouts: StoredRollouts | None = None
+    ) -> None:
         self._ctx = ctx
         self._interval = interval
+        self._rollouts = rollouts  # the stored states, read when this server does not lead
+        self._briefs: dict[str, tuple[StoredRollout, RolloutBrief]] = {}  # worker thread only
         self._snapshot: Snapshot | None = None
         self._encoded: str | None = None  # the snapshot as JSON, made when a watcher needs it
         self._deltas: deque[tuple[int, str]] = deque(maxlen=KEPT_DELTAS)  # (version, encoded)
@@ -373,7 +411,9 @@ class FleetFeed:
 
     async def poll(self) -> None:
         """Read the fleet once; publish a delta (or snapshot) if anything changed."""
-        briefs = rollout_briefs(self._ctx)
+        # the leader's live states, read here on the event loop; elsewhere the stored ones,
+        # read in the worker thread with the hosts
+        briefs = rollout_briefs(self._ctx) if self._ctx.runner.leading else None
         version = self.version + 1
         snapshot = await asyncio.to_thread(self._read, version, briefs)
         old = self._snapshot
@@ -389,10 +429,17 @@ class FleetFeed:
         async with self._changed:
             self._changed.notify_all()
 
-    def _read(self, version: int, briefs: dict[str, RolloutBrief]) -> Snapshot | None:
-        """A new snapshot, or None when nothing changed since the last poll."""
+    def _read(self, version: int, briefs: dict[str, RolloutBrief] | None) -> Snapshot | None:
+        """A new snapshot, or None when nothing changed since the last poll. ``briefs``:
+        the runner's active rollouts, or None to read them from the store."""
         self._polls_since_meta += 1
         with self._ctx.store.tx() as tx:
+            if briefs is None:
+                if self._rollouts is None:
+                    self._rollouts = StoredRollouts(self._ctx.clock)
+                briefs = stored_briefs(tx, self._rollouts, self._briefs)
+            elif self._briefs:
+                self._briefs.clear()  # this server leads now: the stored ones are stale
             states = host_states(tx)
             services = [(s.name, tx.service_current_release(s.name)) for s in tx.list_services()]
             meta_due = self._polls_since_meta >= META_EVERY

@@ -1,5 +1,6 @@
 """Reading what each page shows: store reads run in a worker thread, runner reads on the
-event loop (the runner changes its in-memory states there)."""
+event loop (the runner changes its in-memory states there). Only the leader's runner holds
+the live rollouts; the other servers show them from the store (`stored.StoredRollouts`)."""
 
 from __future__ import annotations
 
@@ -14,8 +15,8 @@ from headway.engine import machine
 from headway.engine.state import RolloutState
 from headway.server.context import ServerContext
 from headway.server.ui import reads
+from headway.server.ui.stored import StoredRollouts, with_starter
 from headway.server.ui.views import GateView, RolloutView, gate_views, rollout_view
-from headway.store import Tx
 
 TIMELINE = 300  # newest events shown on the rollout page (older ones: the events API)
 
@@ -33,23 +34,12 @@ class ServicePage:
     by_release: list[tuple[int, int]]  # (release, hosts running it)
 
 
-def _with_starter(tx: Tx, summary: RolloutSummary) -> RolloutSummary:
-    """The summary with who started it: the stored summary may have lost it, the audit log
-    has it (the rollout's first event)."""
-    if summary.created_by:
-        return summary
-    first = tx.list_events(rollout_id=summary.id, limit=1)
-    if first and first[0].kind == "rollout.started" and first[0].actor:
-        return summary.model_copy(update={"created_by": first[0].actor})
-    return summary
-
-
 def _service_page(ctx: ServerContext, name: str) -> ServicePage:
     with ctx.store.tx() as tx:
         spec = tx.get_service(name)
         current = tx.service_current_release(name)
         releases = tx.list_releases(name)
-        rollouts = [_with_starter(tx, r) for r in tx.list_rollouts(name, limit=50)]
+        rollouts = [with_starter(tx, r) for r in tx.list_rollouts(name, limit=50)]
         active = tx.active_rollout(name)
         rows = reads.host_rows(tx, name)
     health = Counter(r.health for r in rows if r.connected)
@@ -114,7 +104,7 @@ Loaded = tuple[RolloutSummary, RolloutState | None]
 def _load_rollout(ctx: ServerContext, rollout_id: str, parse: bool) -> Loaded:
     with ctx.store.tx() as tx:
         summary, raw = tx.get_rollout(rollout_id)
-        summary = _with_starter(tx, summary)
+        summary = with_starter(tx, summary)
     if not parse:
         return summary, None
     try:
@@ -123,11 +113,31 @@ def _load_rollout(ctx: ServerContext, rollout_id: str, parse: bool) -> Loaded:
         return summary, None
 
 
+def _read_stored(ctx: ServerContext, rollouts: StoredRollouts, rollout_id: str) -> Loaded:
+    with ctx.store.tx() as tx:
+        entry = rollouts.one(tx, rollout_id)
+    return entry.summary, entry.state
+
+
 async def rollout_view_now(
-    ctx: ServerContext, rollout_id: str, stored: Loaded | None = None
+    ctx: ServerContext,
+    rollout_id: str,
+    stored: Loaded | None = None,
+    rollouts: StoredRollouts | None = None,
 ) -> tuple[RolloutView, Loaded]:
     """The rollout's view from the runner's live state, else from the store (``stored``
-    caches a finished rollout's parsed state: it no longer changes)."""
+    caches a finished rollout's parsed state: it no longer changes).
+
+    On a server that does not lead, every rollout comes from the store, through
+    ``rollouts`` (which parses a state again only when it changed); an active one shows
+    as live, as on the leader."""
+    if not ctx.runner.leading and rollouts is not None:
+        summary, state = await asyncio.to_thread(_read_stored, ctx, rollouts, rollout_id)
+        active = not summary.status.terminal
+        view = rollout_view(summary, state, active and state is not None, ctx.clock.now())
+        # kept for the next call only once finished: should this server lead by then, an
+        # active rollout's stored state would be stale (the leader path reloads on None)
+        return view, (summary, None if active else state)
     live = ctx.runner.state_of(rollout_id)
     if live is not None:
         if stored is None:
@@ -147,8 +157,10 @@ def _events_and_gates(ctx: ServerContext, rollout_id: str) -> tuple[list[Event],
     return events, gate_views(gates)
 
 
-async def rollout_page(ctx: ServerContext, rollout_id: str) -> RolloutPage:
-    view, _ = await rollout_view_now(ctx, rollout_id)
+async def rollout_page(
+    ctx: ServerContext, rollout_id: str, rollouts: StoredRollouts | None = None
+) -> RolloutPage:
+    view, _ = await rollout_view_now(ctx, rollout_id, rollouts=rollouts)
     events, gates = await asyncio.to_thread(_events_and_gates, ctx, rollout_id)
     verdicts = [e for e in events if e.kind.startswith(("gate.", "verify."))]
     return RolloutPage(view, events, gates, verdicts)

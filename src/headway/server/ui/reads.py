@@ -7,6 +7,9 @@ reads addresses and labels only now and then.
 The rollout page needs the newest events first and the gate records of one
 rollout (meta keys ``gate:<rollout>:<action>:<gate>``), which the store only
 lists oldest first or one key at a time.
+A server that does not lead reads rollout states from the store; a state is
+megabytes at 10,000 hosts, so it first reads each rollout's ``updated_at``
+(`rollout_stamps`) and the whole row only when that moved (`stored.StoredRollouts`).
 
 These run inside a `Store.tx()` transaction, on its connection, and never
 write. They belong in `Tx` (``host_rows()``, ``latest_events()``,
@@ -25,7 +28,7 @@ from sqlalchemy.engine import Connection
 
 from headway.domain.models import Event
 from headway.store import Tx
-from headway.store._schema import events, hosts, meta
+from headway.store._schema import TERMINAL_STATUSES, events, hosts, meta, rollouts
 
 log = logging.getLogger("headway.ui")
 
@@ -87,6 +90,27 @@ def host_meta(tx: Tx) -> dict[str, tuple[str, str]]:
     """``name -> (address, labels as JSON text)`` of every host: what changes rarely."""
     query = sa.select(hosts.c.name, hosts.c.address, hosts.c.labels)
     return {r[0]: (r[1], r[2]) for r in _conn(tx).execute(query)}
+
+
+@dataclass(frozen=True, slots=True)
+class RolloutStamp:
+    """What says whether a stored rollout changed, without reading its state."""
+
+    rollout_id: str
+    service: str
+    status: str
+    updated_at: float
+
+
+def rollout_stamps(tx: Tx, rollout_id: str | None = None) -> list[RolloutStamp]:
+    """The stamp of every active rollout, oldest first; or of rollout ``rollout_id``
+    whatever its status (an empty list when there is none)."""
+    query = sa.select(rollouts.c.id, rollouts.c.service, rollouts.c.status, rollouts.c.updated_at)
+    if rollout_id is None:
+        query = query.where(rollouts.c.status.not_in(TERMINAL_STATUSES)).order_by(rollouts.c.seq)
+    else:
+        query = query.where(rollouts.c.id == rollout_id)
+    return [RolloutStamp(r[0], r[1], r[2], float(r[3])) for r in _conn(tx).execute(query)]
 
 
 def latest_events(tx: Tx, rollout_id: str, limit: int) -> list[Event]:

@@ -43,6 +43,7 @@ from headway.server.ui.sessions import (
     actor_name,
     csrf_ok,
 )
+from headway.server.ui.stored import StoredRollouts
 from headway.server.ui.views import ACTIONS, CATEGORY_LABELS, when
 
 log = logging.getLogger("headway.ui")
@@ -68,13 +69,22 @@ class UiState:
     sessions: Sessions
     templates: Jinja2Templates
     feeds: dict[int, FleetFeed] = field(default_factory=dict)
+    stored: dict[int, StoredRollouts] = field(default_factory=dict)
 
     def feed(self, ctx: ServerContext) -> FleetFeed:
         feed = self.feeds.get(id(ctx))
         if feed is None:  # one per server context (a test may run the app's lifespan twice)
             self.feeds.clear()
-            feed = self.feeds[id(ctx)] = FleetFeed(ctx)
+            feed = self.feeds[id(ctx)] = FleetFeed(ctx, rollouts=self.rollouts(ctx))
         return feed
+
+    def rollouts(self, ctx: ServerContext) -> StoredRollouts:
+        """The stored rollout states this server's pages share when it does not lead."""
+        rollouts = self.stored.get(id(ctx))
+        if rollouts is None:
+            self.stored.clear()
+            rollouts = self.stored[id(ctx)] = StoredRollouts(ctx.clock)
+        return rollouts
 
 
 def _templates() -> Jinja2Templates:
@@ -244,7 +254,7 @@ async def rollout_page(request: Request, rollout_id: str) -> Response:
         return _to_signin(request)
     ctx = context_of(request)
     try:
-        data = await pages.rollout_page(ctx, rollout_id)
+        data = await pages.rollout_page(ctx, rollout_id, _ui(request).rollouts(ctx))
     except NotFound as error:
         return _not_found(request, session, error)
     return _page(request, "rollout.html", session, page="rollout", p=data, v=data.view)
@@ -386,10 +396,11 @@ async def _rollout_stream(
     last_live = ""
     last_event = after
     stored: pages.Loaded | None = None
+    rollouts = ui.rollouts(ctx)
     since_change = 0.0
     while ui.sessions.alive(session):
         try:
-            view, stored = await pages.rollout_view_now(ctx, rollout_id, stored)
+            view, stored = await pages.rollout_view_now(ctx, rollout_id, stored, rollouts)
             events = await pages.new_events(ctx, rollout_id, last_event)
         except HeadwayError as error:
             yield _sse("problem", json.dumps({"message": error.message}))
