@@ -44,10 +44,10 @@ def setup(store: Store, *services: str) -> None:
             )
 
 
-def test_schema_head_is_0004_and_matches_the_metadata(store: Store) -> None:
+def test_schema_head_is_0005_and_matches_the_metadata(store: Store) -> None:
     with store.engine.connect() as conn:
         assert compare_metadata(MigrationContext.configure(conn), metadata) == []
-        assert conn.exec_driver_sql("SELECT version_num FROM alembic_version").scalars().all() == ["0004"]
+        assert conn.exec_driver_sql("SELECT version_num FROM alembic_version").scalars().all() == ["0005"]
 
 
 def test_revisions_are_content_addressed_per_service(store: Store) -> None:

@@ -159,7 +159,9 @@ def test_a_follower_ui_shows_the_leaders_rollout_and_aborts_it(cluster: Callable
 
             # waiting for a promote: the same picture as the leader's UI, and as the API's
             wait_rollout(c, rollout_id, lambda b: b["hosts_done"] == 2 and b["step"] == 2)
-            leader_ui, _ = sign_in(leader, "dave")
+            # carol's sign-in on the follower is good on the leader too (sessions in the store)
+            leader_ui = httpx.Client(base_url=leader.url, timeout=STREAM_TIMEOUT, cookies=ui.cookies)
+            assert leader_ui.get("/ui", follow_redirects=False).status_code == 200
             leaders = Fleet(stream := Stream(leader_ui, view="fleet"))
             streams.append(stream)
             leaders.read()

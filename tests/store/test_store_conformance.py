@@ -66,7 +66,7 @@ def test_migrate_twice_is_a_no_op_and_matches_the_metadata(store: Store) -> None
         diff = compare_metadata(MigrationContext.configure(conn), metadata)
         assert diff == []
         version = conn.exec_driver_sql("SELECT version_num FROM alembic_version").scalars().all()
-        assert version == ["0004"]
+        assert version == ["0005"]
 
 
 def test_an_exception_rolls_back_every_write_of_the_transaction(store: Store) -> None:

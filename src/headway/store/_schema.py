@@ -195,3 +195,15 @@ inbox = sa.Table(
     sa.Column("created_at", sa.Double(), nullable=False),
     sa.Index("ix_inbox_done", "done", "id"),
 )
+
+# revision 0005: web UI sign-in sessions (key: sha256 of the cookie value)
+ui_sessions = sa.Table(
+    "ui_sessions",
+    metadata,
+    sa.Column("key", sa.Text(), primary_key=True),
+    sa.Column("actor", sa.Text(), nullable=False),
+    sa.Column("csrf", sa.Text(), nullable=False),
+    sa.Column("created_at", sa.Double(), nullable=False),
+    sa.Column("seen_at", sa.Double(), nullable=False),
+    sa.Index("ix_ui_sessions_created_at", "created_at"),
+)

@@ -49,6 +49,7 @@ from headway.store._schema import (
 )
 from headway.store._tx_cluster import ClusterTx
 from headway.store._tx_config import ConfigTx, config_drift
+from headway.store._tx_ui import UiSessionTx
 from headway.store._types import HostObservation, NewEvent, OutboxItem
 
 log = logging.getLogger("headway.store")
@@ -171,7 +172,7 @@ def _driver_sql(conn: Connection, stmt: sa.ClauseElement) -> tuple[str, tuple[st
     return found
 
 
-class Tx(ConfigTx, ClusterTx):
+class Tx(ConfigTx, ClusterTx, UiSessionTx):
     """One transaction over the store. Obtain it from `Store.tx`.
 
     Config revisions and the config-rollout bookkeeping live in `ConfigTx` (``_tx_config``).

@@ -99,7 +99,8 @@ def _templates() -> Jinja2Templates:
 
 def install_ui(app: FastAPI, clock: Clock) -> None:
     """Add the web UI to ``app``: routes under ``/ui`` and the static files."""
-    app.state.headway_ui = UiState(Sessions(clock), _templates())
+    sessions = Sessions(clock, lambda: app.state.headway.store)  # the store comes with the lifespan
+    app.state.headway_ui = UiState(sessions, _templates())
     app.include_router(router)
     app.mount("/ui/static", StaticFiles(directory=str(HERE / "static")), name="ui-static")
 
