@@ -118,7 +118,8 @@ def check_state(state: RolloutState) -> None:
         assert state.revert_open == reverting, (
             f"revert_open is {state.revert_open}, {reverting} host(s) are reverting"
         )
-    if state.phase in (P.RUNNING, P.PAUSED) and state.step_index < len(state.plan):
+    going_forward = state.phase is P.RUNNING or (state.phase is P.PAUSED and state.final_status is None)
+    if going_forward and state.step_index < len(state.plan):  # (not kept in a paused rollback)
         current = state.plan[state.step_index]
         if isinstance(current, Batch):
             open_hosts = sum(

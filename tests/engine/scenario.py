@@ -42,6 +42,8 @@ with ``advance``. Commands:
     expect no-event KIND [HOST]
     expect host HOST PHASE              the engine's phase for one host
     expect unavailable N
+    expect deadline T|none              next_deadline: the next wakeup is at T seconds
+                                        (from the start, to the millisecond), or none
     expect service-release R            the last command made R the service's release
     expect error                        the last command raised IllegalTransition
 
@@ -444,6 +446,13 @@ class Scenario:
         unavailable = self._state().unavailable
         if unavailable != int(args[0]):
             raise ScenarioError(f"{unavailable} host(s) unavailable, expected {args[0]}")
+
+    def _expect_deadline(self, args: list[str]) -> None:
+        (wanted,) = args
+        deadline = machine.next_deadline(self._state())
+        got = "none" if deadline is None else f"{deadline:.3f}"
+        if got != ("none" if wanted == "none" else f"{float(wanted):.3f}"):
+            raise ScenarioError(f"the next wakeup is at {got}, expected {wanted}")
 
     def _expect_service_release(self, args: list[str]) -> None:
         got = [a.release for a in self.last if isinstance(a, SetServiceRelease)]

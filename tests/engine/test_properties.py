@@ -5,7 +5,8 @@ blue-green over two pools with weighted shifts) and random parameters; each
 host has an agent that converges to what it is told (healthy, or failed or
 unhealthy by a fault drawn per host). With a load balancer in front (drawn
 too), a simulated balancer answers the engine's drains and admits in any
-order, late, twice, or with a failure, and load reports come and go against
+order, late, twice, or with a failure (every call, while it is down: enough to use
+up a blue-green shift back's retry rounds), and load reports come and go against
 a capacity guard. Rules deliver, lose and repeat reports, break and mend hosts
 outside the rollout, disconnect agents, fire timers early and late, and issue
 operator commands. After every rule the invariants of `checks` hold (I1 at the
@@ -103,7 +104,8 @@ def _operator_pair_legal(state: RolloutState, command: Command) -> bool:
         # is not at a pause step (nothing to promote)
         current = state.plan[state.step_index] if state.step_index < len(state.plan) else None
         return isinstance(current, Pause)
-    return True
+    # paused in a rollback (its shift back failed): promote is refused, nothing goes forward
+    return not (command is Command.PROMOTE and state.phase is P.PAUSED and state.final_status is not None)
 
 
 class RolloutMachine(RuleBasedStateMachine):
@@ -246,6 +248,7 @@ class RolloutMachine(RuleBasedStateMachine):
         self.pending: list[SetDesired] = []
         self.balancer: list[Drain | Admit] = []  # issued, not answered yet
         self.answered: list[TrafficDone] = []
+        self.outage = False  # the balancer fails every call until it is back
         self.joined = 0
         self.steps = 0
         self.ended_checked = False
@@ -434,11 +437,18 @@ class RolloutMachine(RuleBasedStateMachine):
     def balancer_answers(self, index: int, ok: bool) -> None:
         """The balancer answers one of the calls under way (any of them: they run at once)."""
         action = self.balancer.pop(index % len(self.balancer))
+        ok = ok and not self.outage
         answer = TrafficDone(action.action_id, action.host, ok, "" if ok else "haproxy: timeout")
         outcome = "ok" if ok else "FAILED"
         note(f"balancer: {type(action).__name__} {action.host} ({action.action_id}) {outcome}")
         self.answered.append(answer)
         self._step(answer)
+
+    @rule(down=st.booleans())
+    def balancer_outage(self, down: bool) -> None:
+        """The balancer goes down (every call fails, long enough to use up retries) or comes back."""
+        self.outage = down
+        note(f"balancer {'down' if down else 'back'}")
 
     @precondition(lambda self: bool(self.answered))
     @rule(index=st.integers(0, 1000))
@@ -582,10 +592,17 @@ class RolloutMachine(RuleBasedStateMachine):
             "traffic.failed",
             "traffic.late",
             "traffic.shifted",
+            "traffic.backoff",
+            "traffic.retry",
         ):
             if kind in kinds:
                 event(f"saw {kind}")
         event(f"strategy {self.state.strategy}{' with a balancer' if self.state.traffic else ''}")
+        if any(
+            isinstance(a, RecordEvent) and a.kind == "rollout.paused" and "rollback paused" in a.message
+            for a in self.ledger.actions
+        ):
+            event("saw a rollback paused by its shift back")
         for why in (
             "rollback is off",
             "brought back",
@@ -593,7 +610,6 @@ class RolloutMachine(RuleBasedStateMachine):
             "no previous",
             "no progress",
             "capacity guard",
-            "shifting traffic back failed",
         ):
             if why in self.state.reason:
                 event(f"  because {why}")

@@ -14,7 +14,9 @@ a `StateEncoder` kept across the steps, ``from_dict`` of the text, and
 reference read with a default).
 
 A field added to a dataclass later is new to the reference: the comparison
-leaves its key out (`comparable`), so adding a field needs no edit here.
+leaves its key out (`comparable`), so adding a field needs no edit here. A
+sparse field (``shift_back_retry``) has no key at all until it is set, so the
+texts of states that do not use it stay byte for byte the reference's.
 """
 
 from __future__ import annotations
@@ -36,10 +38,12 @@ from headway.engine.plan import Shift, step_from_dict, step_to_dict
 from headway.engine.state import (
     _DERIVED,
     _KEYED_BY,
+    _SPARSE,
     HostPhase,
     HostTrack,
     Policy,
     RolloutState,
+    ShiftBackRetry,
     StateEncoder,
     _Codec,
 )
@@ -263,18 +267,19 @@ NEW_FIELDS = {
 
 
 def comparable(text: str) -> str:
-    """``text`` as the reference would have written it: without the keys of fields added since."""
+    """``text`` as the reference would have written it: without the keys of fields added since.
+
+    A sparse field's key is only there while the field is set; a text that has no key
+    of a field added since is compared as it is, byte for byte.
+    """
     if not any(NEW_FIELDS.values()):
         return text  # compared as it is, byte for byte
     data = json.loads(text)
-    for key in NEW_FIELDS["state"]:
-        del data[key]
-    for key in NEW_FIELDS["policy"]:
-        del data["policy"][key]
+    dropped = [data.pop(key) for key in NEW_FIELDS["state"] if key in data]
+    dropped += [data["policy"].pop(key) for key in NEW_FIELDS["policy"] if key in data["policy"]]
     for host in data["hosts"]:
-        for key in NEW_FIELDS["host"]:
-            del host[key]
-    return dumps(data)
+        dropped += [host.pop(key) for key in NEW_FIELDS["host"] if key in host]
+    return dumps(data) if dropped else text
 
 
 def as_older_version(data: dict[str, Any]) -> dict[str, Any]:
@@ -541,3 +546,65 @@ def test_a_field_type_without_a_json_form_is_refused_when_the_codec_is_planned()
 
     with pytest.raises(TypeError, match=r"Bad.tags: no JSON form for set\[str\]"):
         _Codec(Bad)
+
+
+# ------------------------------------------------ sparse fields: a key only while set
+
+
+@dataclass(slots=True)
+class Sparse:
+    name: str
+    count: int = 0
+    part: Part | None = field(default=None, metadata={_SPARSE: True})
+    level: int = field(default=0, metadata={_SPARSE: True})
+    colour: Colour = field(default=Colour.RED, metadata={_SPARSE: True})
+
+
+def test_a_sparse_field_is_stored_only_while_it_differs_from_its_default() -> None:
+    codec = _Codec(Sparse, header={"version": 1})
+    plain = Sparse("s", 2)
+    assert codec.encode(plain) == {"version": 1, "name": "s", "count": 2}
+    assert codec.decode({"name": "s", "count": 2}) == plain
+    assert codec.decode({"name": "s"}) == Sparse("s")  # older still: the dense default too
+    full = Sparse("s", 2, Part("p", Colour.BLUE), 3, Colour.BLUE)
+    data = codec.encode(full)
+    assert list(data) == ["version", "name", "count", "part", "level", "colour"]  # declared order
+    assert data["part"] == {"key": "p", "colour": "blue", "weight": None} and data["colour"] == "blue"
+    assert codec.decode(json.loads(json.dumps(data))) == full
+    assert codec.decode({"name": "s", "level": 4}) == Sparse("s", level=4)  # some set, some not
+    assert codec.decode({"name": "s", "part": None}) == Sparse("s")  # an explicit null reads back
+
+
+def test_a_sparse_field_must_come_last_and_have_a_plain_default() -> None:
+    @dataclass
+    class DenseAfter:
+        a: int = field(default=0, metadata={_SPARSE: True})
+        b: int = 0
+
+    with pytest.raises(TypeError, match=r"DenseAfter\.b comes after a sparse field"):
+        _Codec(DenseAfter)
+
+    @dataclass
+    class Factory:
+        a: list[int] = field(default_factory=list, metadata={_SPARSE: True})
+
+    with pytest.raises(TypeError, match=r"Factory\.a is sparse, so it needs a plain default"):
+        _Codec(Factory)
+
+
+def test_a_shift_back_being_retried_is_stored_after_every_other_key() -> None:
+    """`RolloutState.shift_back_retry` is written only by the states that use it; those round-trip."""
+    state = every_field_set()
+    unused = dumps(state.to_dict())
+    assert '"shift_back_retry"' not in unused
+    state.shift_back_retry = ShiftBackRetry(rounds=2, at=41.5, reason="aborted by dave")
+    text = dumps(state.to_dict())
+    assert text.startswith(unused[:-1] + ',"shift_back_retry":{')
+    assert json.loads(text)["shift_back_retry"] == {"rounds": 2, "at": 41.5, "reason": "aborted by dave"}
+    encoder = StateEncoder()
+    assert encoder.encode(state) == text
+    back = RolloutState.from_dict(json.loads(text))
+    assert_same_state(back, state)
+    assert isinstance(back.shift_back_retry, ShiftBackRetry)
+    state.shift_back_retry = None
+    assert encoder.encode(state) == unused  # and gone again once cleared

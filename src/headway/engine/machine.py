@@ -26,7 +26,11 @@ Rules, in the spirit of Kubernetes' deployment controller:
   back once it reports healthy (the previous release was proven already).
   A blue-green rollback shifts traffic back to the old pool at once.
 - A balancer call that fails after its retries pauses the rollout with the
-  reason; `resume` tries again. No host is left drained when a rollout ends (I5).
+  reason; `resume` tries again. A rollback does not wait for a person: a host's
+  call is tried again at once; a blue-green shift back that fails is tried
+  again in a bounded number of rounds with growing delays, then the rollback
+  pauses with the reason, and `resume` tries again. No host is left drained
+  when a rollout ends (I5).
 
 The transitions are in `table.py`; what happens next is in `progress.py`.
 """
@@ -170,6 +174,9 @@ def next_deadline(state: RolloutState) -> float | None:
             break
         heapq.heappop(timers)  # stale entry: lazily dropped
     candidates = [timers[0][0]] if timers else []
+    retry = state.shift_back_retry
+    if state.phase is P.ROLLING_BACK and retry is not None and retry.at is not None:
+        candidates.append(retry.at)
     if state.phase is not P.PAUSED:
         if state.pause_until is not None:
             candidates.append(state.pause_until)
@@ -272,6 +279,9 @@ def _tick(ctx: Ctx, event: EngineEvent) -> None:
         elif host.pending_action:
             host.pending_action = ""  # a failed host's admit never answered: stop waiting for it
         pr.refresh(s, host)
+    retry = s.shift_back_retry
+    if s.phase is P.ROLLING_BACK and retry is not None and retry.at is not None and ctx.now >= retry.at:
+        pr.shift_back_round(ctx)
     if (
         s.phase in (P.RUNNING, P.ROLLING_BACK)
         and s.blocked_since is not None
@@ -322,7 +332,7 @@ def _traffic(ctx: Ctx, event: EngineEvent) -> None:
         if host is not None:
             host.admitted = kind == "admit"
         s.shift_open -= 1
-        if purpose == "shift" and s.phase is P.ROLLING_BACK:
+        if purpose == "shift" and pr.rolling_back(s):
             pr.shift_back_again(ctx, event.host)
     elif purpose == "host" and host is not None:
         if host.phase in (H.DRAINING, H.REVERT_DRAINING):
@@ -356,16 +366,18 @@ def _traffic_failed(ctx: Ctx, pending: dict[str, object], event: TrafficDone) ->
 
     Going forward, the rollout pauses with the reason and `resume` tries again (a
     host whose drain failed was never stopped: it waits for its turn again). A
-    rollback never waits for a person: the call is tried again at once, bounded by
-    the host's progress deadline; a blue-green shift back that fails ends the
-    rollout failed, with the reason.
+    rollback does not wait for a person first: a host's call is tried again at once,
+    bounded by the host's progress deadline; a call of a blue-green shift back is
+    tried again in rounds after growing delays (`pr.shift_back_failed`), and only
+    when those are used up does the rollback pause with the reason, for `resume`.
     """
     s = ctx.s
     host = s.hosts.get(event.host)
     for_host = pending["purpose"] == "host" and host is not None and host.pending_action == event.action_id
-    if s.phase is P.ROLLING_BACK:
+    if pr.rolling_back(s):
         if pending["purpose"] == "shift_back":
-            pr.finish(ctx, P.FAILED, f"{s.reason}; shifting traffic back failed: {event.detail}")
+            s.pending_traffic[event.action_id] = {**pending, "failed": True}
+            pr.shift_back_failed(ctx, f"{pending['kind']} of {event.host} failed: {event.detail}")
         elif pending["purpose"] == "shift":  # the shift under way did not happen: one less to wait for
             s.shift_open -= 1
             pr.advance(ctx)
@@ -402,7 +414,7 @@ def _analysis(ctx: Ctx, event: EngineEvent) -> None:
     """
     assert isinstance(event, AnalysisDone)
     s = ctx.s
-    if event.action_id != s.analysis_pending or s.phase is P.ROLLING_BACK:
+    if event.action_id != s.analysis_pending or pr.rolling_back(s):
         return  # an old or repeated answer
     s.analysis_pending = ""
     current = s.plan[s.step_index] if s.step_index < len(s.plan) else None
@@ -460,6 +472,10 @@ def _pause(ctx: Ctx, event: EngineEvent) -> None:
 
 def _resume(ctx: Ctx, event: EngineEvent) -> None:
     s = ctx.s
+    if pr.rolling_back(s):  # paused in a rollback: its failed shift back goes out again
+        pr.resume_rollback(ctx)
+        pr.advance(ctx)
+        return
     s.phase = P.RUNNING
     s.reason = ""
     ctx.record("rollout.resumed", "resumed")
@@ -498,6 +514,13 @@ def _retry_failed_traffic(ctx: Ctx) -> None:
 
 def _promote(ctx: Ctx, event: EngineEvent) -> None:
     s = ctx.s
+    if pr.rolling_back(s):
+        raise IllegalTransition(
+            f"rollout {s.rollout_id} is paused in its rollback; it cannot take 'promote': "
+            "the new release is not going forward",
+            hint=f"fix the load balancer, then `headway rollout resume {s.rollout_id}` to shift "
+            "traffic back to the old pool",
+        )
     current = s.plan[s.step_index] if s.step_index < len(s.plan) else None
     if not isinstance(current, Pause | Verify) and s.phase is not P.PAUSED:
         raise IllegalTransition(
@@ -519,8 +542,23 @@ def _promote(ctx: Ctx, event: EngineEvent) -> None:
     pr.advance(ctx)
 
 
+def _already_rolling_back(ctx: Ctx, event: EngineEvent) -> bool:
+    """Abort or rollback of a rollback paused by a failed shift back: nothing new to do."""
+    assert isinstance(event, OperatorCommand)
+    if not pr.rolling_back(ctx.s):
+        return False
+    ctx.record(
+        "rollout.noop",
+        f"{event.command.value}: the rollout is already rolling back (paused); "
+        f"`headway rollout resume {ctx.s.rollout_id}` tries the shift back again",
+    )
+    return True
+
+
 def _abort(ctx: Ctx, event: EngineEvent) -> None:
     assert isinstance(event, OperatorCommand)
+    if _already_rolling_back(ctx, event):
+        return
     who = event.actor or "an operator"
     reason = f"aborted by {who}" + (f": {event.reason}" if event.reason else "")
     pr.begin_rollback(ctx, reason, P.ABORTED)
@@ -529,6 +567,8 @@ def _abort(ctx: Ctx, event: EngineEvent) -> None:
 
 def _rollback(ctx: Ctx, event: EngineEvent) -> None:
     assert isinstance(event, OperatorCommand)
+    if _already_rolling_back(ctx, event):
+        return
     who = event.actor or "an operator"
     reason = f"rollback requested by {who}" + (f": {event.reason}" if event.reason else "")
     pr.begin_rollback(ctx, reason, P.ROLLED_BACK)

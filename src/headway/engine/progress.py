@@ -13,6 +13,8 @@ out; a host rejoins traffic only once healthy on its new release.
 
 from __future__ import annotations
 
+import zlib
+
 from headway.domain.models import Health, RolloutStatus
 from headway.engine.actions import (
     Admit,
@@ -31,10 +33,23 @@ from headway.engine.state import (
     HostPhase,
     HostTrack,
     RolloutState,
+    ShiftBackRetry,
 )
 
 P = RolloutStatus
 H = HostPhase
+
+# A blue-green shift back that fails at the balancer (after the traffic driver's own
+# retries) is issued again this many rounds, the first after about SHIFT_BACK_DELAY
+# seconds, each delay twice the last, up to SHIFT_BACK_MAX_DELAY; then the rollout pauses.
+SHIFT_BACK_ROUNDS = 5
+SHIFT_BACK_DELAY = 5.0
+SHIFT_BACK_MAX_DELAY = 60.0
+
+
+def rolling_back(s: RolloutState) -> bool:
+    """A rollback is under way: rolling back, or paused in it (its shift back failed)."""
+    return s.phase is P.ROLLING_BACK or (s.phase is P.PAUSED and s.final_status is not None)
 
 
 # ------------------------------------------------------------ availability
@@ -194,7 +209,7 @@ def host_done(ctx: Ctx, host: HostTrack) -> None:
     host.phase = H.DONE
     host.deadline = None
     s.done += 1
-    if host.batch == s.step_index and s.phase is not P.ROLLING_BACK:
+    if host.batch == s.step_index and not rolling_back(s):
         s.step_open -= 1
     ctx.record("host.done", f"{host.name}: done on v{host.desired_release}", host.name)
     refresh(s, host)
@@ -223,7 +238,7 @@ def host_failed(ctx: Ctx, host: HostTrack, why: str) -> None:
         s.step_open -= 1
     ctx.record("host.failed", f"{host.name}: {why}", host.name)
     refresh(s, host)
-    if s.phase in (P.RUNNING, P.PAUSED) and s.failed > s.policy.failure_budget:
+    if s.phase in (P.RUNNING, P.PAUSED) and not rolling_back(s) and s.failed > s.policy.failure_budget:
         reason = (
             f"{s.failed} host(s) failed, more than the failure budget of {s.policy.failure_budget}"
             f" (last: {host.name}: {why})"
@@ -325,6 +340,107 @@ def shift_back_again(ctx: Ctx, name: str) -> None:
     if name in s.shift_back.drain:
         issue_traffic(ctx, name, "drain", purpose="shift_back")
         s.shift_open += 1
+
+
+def shift_back_failed(ctx: Ctx, failure: str) -> None:
+    """A call of the shift back failed after the traffic driver's retries (reliability 20).
+
+    The caller has kept it in ``pending_traffic``, marked failed (it still counts in
+    ``shift_open``: traffic is not back until it succeeds). The next round of failed
+    calls is scheduled after a growing delay, unless one is already due; once
+    `SHIFT_BACK_ROUNDS` rounds are used up, the rollout pauses with the reason, and
+    ``resume`` tries again. Paused already, the call waits for that resume.
+    """
+    s = ctx.s
+    if s.phase is P.PAUSED:
+        return
+    retry = s.shift_back_retry
+    if retry is None:
+        retry = s.shift_back_retry = ShiftBackRetry()
+    if retry.at is not None:
+        return  # it goes out with the round already due
+    if retry.rounds < SHIFT_BACK_ROUNDS:
+        delay = shift_back_delay(s.rollout_id, retry.rounds + 1)
+        retry.at = ctx.now + delay
+        ctx.record(
+            "traffic.backoff",
+            f"shifting traffic back: {failure}; trying again in {delay:.1f}s "
+            f"(round {retry.rounds + 1} of {SHIFT_BACK_ROUNDS})",
+        )
+        return
+    retry.reason = s.reason
+    s.phase = P.PAUSED
+    s.reason = (
+        f"{s.reason}; rollback paused: shifting traffic back to the old pool still fails after "
+        f"{retry.rounds} retries ({failure}), so part of the traffic may still go to the new "
+        f"pool; fix the load balancer, then `headway rollout resume {s.rollout_id}` to try the "
+        "shift back again"
+    )
+    set_blocked(ctx, "")
+    ctx.record("rollout.paused", s.reason)
+
+
+def shift_back_delay(rollout_id: str, round_: int) -> float:
+    """The wait before retry round ``round_`` (from 1) of a failed shift back.
+
+    Exponential and capped, with "equal jitter": between half of the ceiling and all
+    of it. The jitter is derived from the rollout id and the round (the engine has no
+    randomness), so rollouts failing at one balancer at the same moment spread out.
+    """
+    ceiling = min(SHIFT_BACK_MAX_DELAY, SHIFT_BACK_DELAY * 2.0 ** (round_ - 1))
+    spread = zlib.crc32(f"{rollout_id}:{round_}".encode()) / 2**32
+    return ceiling / 2 + spread * ceiling / 2
+
+
+def retry_shift_back(ctx: Ctx) -> None:
+    """Issue every failed call of the shift back again.
+
+    O(calls under way) once per round: the rounds are bounded.
+    """
+    s = ctx.s
+    failed = [
+        (action_id, pending)
+        for action_id, pending in s.pending_traffic.items()
+        if pending["purpose"] == "shift_back" and pending["failed"]
+    ]
+    for action_id, pending in failed:
+        del s.pending_traffic[action_id]  # still counted in shift_open: the new call takes its place
+        weight = pending.get("weight")
+        issue_traffic(
+            ctx,
+            str(pending["host"]),
+            str(pending["kind"]),
+            purpose="shift_back",
+            weight=int(weight) if weight is not None else None,
+        )
+
+
+def shift_back_round(ctx: Ctx) -> None:
+    """The delay of a failed shift back has passed: the next round goes out."""
+    s = ctx.s
+    retry = s.shift_back_retry
+    assert retry is not None and retry.at is not None
+    retry.at = None
+    retry.rounds += 1
+    ctx.record(
+        "traffic.retry",
+        f"shifting traffic back to the old pool again (round {retry.rounds} of {SHIFT_BACK_ROUNDS})",
+    )
+    retry_shift_back(ctx)
+
+
+def resume_rollback(ctx: Ctx) -> None:
+    """``resume`` of a rollback paused by a failed shift back: issue the failed calls again,
+    with a fresh set of retry rounds."""
+    s = ctx.s
+    retry = s.shift_back_retry
+    s.phase = P.ROLLING_BACK
+    if retry is not None and retry.reason:
+        s.reason = retry.reason
+    s.shift_back_retry = None
+    ctx.record("rollout.resumed", "resumed: the rollback goes on")
+    ctx.record("rollout.rolling_back", f"shifting traffic back to the old pool again: {s.reason}")
+    retry_shift_back(ctx)
 
 
 def next_step(ctx: Ctx) -> None:

@@ -9,7 +9,10 @@ module): every field in declaration order under its own name; enums as their
 values, nested dataclasses as objects, tuples as lists, plan steps as
 `plan.step_to_dict` writes them, ``RolloutState.hosts`` as the list of its
 hosts. A new field needs no codec change: give it a default, and states
-stored before it existed load with that default. Field order and each
+stored before it existed load with that default. A field marked ``_SPARSE``
+is written only while it differs from its default, after the other fields:
+states that never use it keep exactly the text they had before it existed.
+Field order and each
 value's form are the store's format: the text of an unchanged state must stay
 the same (stored rollouts load again, and the runner compares texts to skip
 unchanged saves); tests/engine/test_state_codec.py pins it.
@@ -35,6 +38,7 @@ from headway.errors import SpecError
 # Field metadata read by the codec.
 _DERIVED = "headway.derived"  # not stored: rebuilt from the other fields on loading
 _KEYED_BY = "headway.keyed_by"  # a dict of dataclasses, stored as the list of its values
+_SPARSE = "headway.sparse"  # stored only while it differs from its default (after the others)
 
 
 class HostPhase(StrEnum):
@@ -111,6 +115,20 @@ class HostTrack:
 
 
 @dataclass(slots=True)
+class ShiftBackRetry:
+    """A blue-green rollback whose shift back failed at the balancer (reliability 20).
+
+    The failed calls are issued again in rounds, each after a growing delay
+    (`headway.engine.progress.shift_back_failed`); once the rounds are used up the
+    rollout pauses, and ``resume`` issues them again with a fresh set of rounds.
+    """
+
+    rounds: int = 0  # rounds of failed calls issued again so far
+    at: float | None = None  # when the next round goes out; None: none is due
+    reason: str = ""  # the rollback's own reason, while a pause shows why it stopped
+
+
+@dataclass(slots=True)
 class RolloutState:
     rollout_id: str
     service: str
@@ -152,6 +170,8 @@ class RolloutState:
     analysis_pending: str = ""  # the Analyze action awaited
     inconclusive: int = 0  # inconclusive verdicts in a row at this step
     verified: bool = False  # this step's gates passed
+    # a failed blue-green shift back being retried; stored only once one failed
+    shift_back_retry: ShiftBackRetry | None = field(default=None, metadata={_SPARSE: True})
     # heap of (at, host, generation); not stored: loading rebuilds it from the hosts' deadlines
     timers: list[tuple[float, str, int]] = field(default_factory=list, metadata={_DERIVED: True})
 
@@ -289,7 +309,10 @@ class _Codec(Generic[_T]):
     existed) gets the field's default; lacking a field with no default, it is
     refused. Keys the class does not know are ignored. ``header`` keys come
     first in the JSON and are ignored on decoding; ``blank`` fields are
-    encoded as None (`RolloutState._fields`).
+    encoded as None (`RolloutState._fields`). ``_SPARSE`` fields (declared
+    after every other stored field, each with a plain default) are added to
+    the dict only while they differ from their default, and read with it when
+    absent.
     """
 
     def __init__(
@@ -304,28 +327,43 @@ class _Codec(Generic[_T]):
                 raise TypeError(f"{cls.__name__}.{f.name} is not stored, so it needs a default")
             if not f.metadata.get(_DERIVED) and not f.init:
                 raise TypeError(f"{cls.__name__}.{f.name} is stored, so it must be an __init__ argument")
-        unknown = set(blank) - {f.name for f in stored}
+        dense = [f for f in stored if not f.metadata.get(_SPARSE)]
+        sparse = stored[len(dense) :]
+        for f in sparse:
+            if not f.metadata.get(_SPARSE):
+                raise TypeError(f"{cls.__name__}.{f.name} comes after a sparse field, so it must be sparse")
+            if f.default is MISSING:
+                raise TypeError(f"{cls.__name__}.{f.name} is sparse, so it needs a plain default")
+        unknown = set(blank) - {f.name for f in dense}
         if unknown:
-            raise TypeError(f"{cls.__name__} stores no field {sorted(unknown)}")
+            raise TypeError(f"{cls.__name__} stores no field {sorted(unknown)} (that is not sparse)")
         self._make: Callable[..., _T] = cls
         self._name = cls.__name__
         self._header = dict(header or {})
-        self._names = tuple(f.name for f in stored)
+        self._names = tuple(f.name for f in dense)
         self._take = _items(self._names)
         self._required = frozenset(
-            f.name for f in stored if f.default is MISSING and f.default_factory is MISSING
+            f.name for f in dense if f.default is MISSING and f.default_factory is MISSING
         )
         # the stored fields are the first __init__ parameters, in order: call with positions
         init = [f.name for f in every if f.init and not f.kw_only]
-        self._positional = tuple(init[: len(self._names)]) == self._names
+        self._positional = tuple(init[: len(stored)]) == tuple(f.name for f in stored)
         to: list[_Convert | None] = []
         self._back: list[tuple[int, _Convert]] = []
-        for i, f in enumerate(stored):
+        for i, f in enumerate(dense):
             convert, back = _converters(hints[f.name], f.metadata.get(_KEYED_BY), f"{cls.__name__}.{f.name}")
             to.append(_blank if f.name in blank else convert)
             if back is not None:
                 self._back.append((i, back))
-        self.encode_source, self.encode = _compile_encoder(self._header, zip(self._names, to, strict=True))
+        sparse_to: list[tuple[str, _Convert | None, Any]] = []
+        self._sparse: list[tuple[str, Any, _Convert | None]] = []
+        for f in sparse:
+            convert, back = _converters(hints[f.name], f.metadata.get(_KEYED_BY), f"{cls.__name__}.{f.name}")
+            sparse_to.append((f.name, convert, f.default))
+            self._sparse.append((f.name, f.default, back))
+        self.encode_source, self.encode = _compile_encoder(
+            self._header, zip(self._names, to, strict=True), sparse_to
+        )
 
     def decode(self, data: Mapping[str, Any]) -> _T:
         try:
@@ -336,9 +374,19 @@ class _Codec(Generic[_T]):
             values = list(values)
             for i, back in self._back:
                 values[i] = back(values[i])
+        if self._sparse:
+            values = [*values, *(self._sparse_value(data, s) for s in self._sparse)]
         if self._positional:
             return self._make(*values)
-        return self._make(**dict(zip(self._names, values, strict=True)))
+        names = (*self._names, *(name for name, _, _ in self._sparse))
+        return self._make(**dict(zip(names, values, strict=True)))
+
+    @staticmethod
+    def _sparse_value(data: Mapping[str, Any], sparse: tuple[str, Any, _Convert | None]) -> Any:
+        name, default, back = sparse
+        if name not in data:
+            return default
+        return data[name] if back is None else back(data[name])
 
     def _decode_older(self, data: Mapping[str, Any]) -> _T:
         """Stored before some fields existed: those get their defaults."""
@@ -354,6 +402,8 @@ class _Codec(Generic[_T]):
             if name in data:
                 convert = back.get(i)
                 kwargs[name] = data[name] if convert is None else convert(data[name])
+        for sparse in self._sparse:
+            kwargs[sparse[0]] = self._sparse_value(data, sparse)
         return self._make(**kwargs)
 
 
@@ -370,31 +420,47 @@ def _codec_of(cls: type[_T]) -> _Codec[_T]:
 
 
 def _compile_encoder(
-    header: Mapping[str, Any], plan: Iterable[tuple[str, _Convert | None]]
+    header: Mapping[str, Any],
+    plan: Iterable[tuple[str, _Convert | None]],
+    sparse: Iterable[tuple[str, _Convert | None, Any]] = (),
 ) -> tuple[str, Callable[[Any], dict[str, Any]]]:
     """The source of ``encode(obj) -> dict`` for a plan of (field, converter), and the function.
 
     Keys are ``repr``s of the field names (identifiers, as dataclass fields are);
     values are ``obj.field``, ``obj.field.value`` for an enum, None for a blank
-    field, or a call of the field's converter, passed in by name.
+    field, or a call of the field's converter, passed in by name. Each sparse
+    (field, converter, default) is added after the others, only when it is not
+    its default.
     """
     namespace: dict[str, Any] = {}
     items: list[str] = []
     for j, (key, value) in enumerate(header.items()):
         namespace[f"_h{j}"] = value
         items.append(f"{key!r}: _h{j}")
-    for j, (name, convert) in enumerate(plan):
+
+    def source_of(j: int, name: str, convert: _Convert | None) -> str:
         if convert is None:
-            value_source = f"obj.{name}"
-        elif convert is _value:
-            value_source = f"obj.{name}.value"
-        elif convert is _blank:
-            value_source = "None"
-        else:
-            namespace[f"_c{j}"] = convert
-            value_source = f"_c{j}(obj.{name})"
-        items.append(f"{name!r}: {value_source}")
-    source = "def encode(obj):\n    return {\n" + "".join(f"        {i},\n" for i in items) + "    }\n"
+            return f"obj.{name}"
+        if convert is _value:
+            return f"obj.{name}.value"
+        if convert is _blank:
+            return "None"
+        namespace[f"_c{j}"] = convert
+        return f"_c{j}(obj.{name})"
+
+    j = 0
+    for j, (name, convert) in enumerate(plan):
+        items.append(f"{name!r}: {source_of(j, name, convert)}")
+    extra: list[str] = []
+    for k, (name, convert, default) in enumerate(sparse, start=j + 1):
+        namespace[f"_d{k}"] = default
+        test = f"obj.{name} is not None" if default is None else f"obj.{name} != _d{k}"
+        extra.append(f"    if {test}:\n        d[{name!r}] = {source_of(k, name, convert)}\n")
+    body = "{\n" + "".join(f"        {i},\n" for i in items) + "    }\n"
+    if extra:
+        source = "def encode(obj):\n    d = " + body + "".join(extra) + "    return d\n"
+    else:
+        source = "def encode(obj):\n    return " + body
     exec(source, namespace)
     encode: Callable[[Any], dict[str, Any]] = namespace["encode"]
     return source, encode

@@ -44,16 +44,20 @@ TABLE: dict[tuple[P, str], Transition] = {
     # operators
     (P.RUNNING, "pause"): Transition("pause", (P.PAUSED,), "pause"),
     (P.PAUSED, "pause"): Transition("noop", (P.PAUSED,), "pause (already paused)"),
-    # resume succeeds at once when the last hosts finished while paused
-    (P.PAUSED, "resume"): Transition("resume", (P.RUNNING, P.SUCCEEDED), "resume"),
+    # resume succeeds at once when the last hosts finished while paused; a rollback
+    # paused by a failed shift back goes on rolling back
+    (P.PAUSED, "resume"): Transition("resume", (P.RUNNING, P.SUCCEEDED, P.ROLLING_BACK), "resume"),
     (P.RUNNING, "resume"): Transition("noop", (P.RUNNING,), "resume (already running)"),
     (P.RUNNING, "promote"): Transition("promote", (P.RUNNING, P.SUCCEEDED), "promote"),
     (P.PAUSED, "promote"): Transition("promote", (P.RUNNING, P.SUCCEEDED), "promote"),
     # abort and rollback of a first rollout (no previous release) end it failed
     (P.RUNNING, "abort"): Transition("abort", (P.ROLLING_BACK, P.ABORTED, P.FAILED), "abort"),
-    (P.PAUSED, "abort"): Transition("abort", (P.ROLLING_BACK, P.ABORTED, P.FAILED), "abort"),
+    # in a rollback paused by a failed shift back, abort and rollback change nothing
+    (P.PAUSED, "abort"): Transition("abort", (P.ROLLING_BACK, P.ABORTED, P.FAILED, P.PAUSED), "abort"),
     (P.RUNNING, "rollback"): Transition("rollback", (P.ROLLING_BACK, P.ROLLED_BACK, P.FAILED), "rollback"),
-    (P.PAUSED, "rollback"): Transition("rollback", (P.ROLLING_BACK, P.ROLLED_BACK, P.FAILED), "rollback"),
+    (P.PAUSED, "rollback"): Transition(
+        "rollback", (P.ROLLING_BACK, P.ROLLED_BACK, P.FAILED, P.PAUSED), "rollback"
+    ),
     (P.ROLLING_BACK, "abort"): Transition("noop", (P.ROLLING_BACK,), "abort (already rolling back)"),
     (P.ROLLING_BACK, "rollback"): Transition("noop", (P.ROLLING_BACK,), "rollback (already rolling back)"),
 }
@@ -66,6 +70,10 @@ for _phase, _to in (
     TABLE[(_phase, "traffic")] = Transition("traffic", _to, "balancer answer")
     TABLE[(_phase, "load")] = Transition("load", _to, "load report")
     TABLE[(_phase, "analysis")] = Transition("analysis", _to, "verdict")
+# a blue-green shift back that still fails after its retry rounds pauses the rollback
+TABLE[(P.ROLLING_BACK, "traffic")] = Transition(
+    "traffic", (P.ROLLING_BACK, P.ROLLED_BACK, P.ABORTED, P.FAILED, P.PAUSED), "balancer answer"
+)
 # Once a rollout has ended, reports, answers and time still arrive; they change nothing.
 for _end in _ENDS:
     TABLE[(_end, "observed")] = Transition("noop", (_end,), "host report (ignored)")
