@@ -2,12 +2,18 @@
 them at once, a rolling upgrade and a rollback.
 
     python bench/scale.py --agents 1000 [--batches 10] [--restart-time 1.0] [--json]
+    python bench/scale.py --agents 1000 --database postgresql --servers 2
 
 Starts ``headway server`` (SQLite in a temporary directory) as a child
-process, applies a service whose rolling strategy upgrades ``agents/batches``
-hosts at a time, uploads a tiny artifact and creates release v1. Then it
-runs N `SimAgent`s in this process, each speaking the real WebSocket
-protocol from its own source address (127.40.x.y), and measures:
+process (with ``--database postgresql``: ``--servers`` of them on a fresh
+schema of the PostgreSQL test database, dropped afterwards, sharing one
+state directory; the API calls go to the leader; the agents are spread
+evenly over the servers, agent i starting at server i mod N with the
+others after it in its list, so that failover would work), applies a
+service whose rolling strategy upgrades ``agents/batches`` hosts at a time,
+uploads a tiny artifact and creates release v1. Then it runs N `SimAgent`s
+in this process, each speaking the real WebSocket protocol from its own
+source address (127.40.x.y), and measures:
 
 - connect: from starting the agents until every one has its ``welcome``;
 - install: from starting the agents until the server sees every host
@@ -29,7 +35,9 @@ protocol from its own source address (127.40.x.y), and measures:
   again (T5).
 
 The server's RSS and CPU time are read from /proc/<pid> apart from this
-process's, which carries the simulator. Benchmarks live in ``bench/``, not
+process's, which carries the simulator (with several servers: each one's,
+and their sum; on PostgreSQL also the CPU of the database sessions the
+servers opened, found by their ``application_name``). Benchmarks live in ``bench/``, not
 in the test suite; results are recorded in docs/benchmarks.md.
 """
 
@@ -40,6 +48,7 @@ import asyncio
 import contextlib
 import gc
 import io
+import itertools
 import json
 import math
 import os
@@ -60,12 +69,16 @@ from typing import Any
 from unittest import mock
 
 import httpx
+import psycopg
+from sqlalchemy.engine import url as sa_url
 
 from headway.clock import SystemClock
 from headway.domain.models import Health
 from headway.protocol.messages import Desired, ErrorMessage, Welcome, server_message
 from headway.sim import agents as sim_agents
 from headway.sim.agents import SimAgent, SimAgentConfig
+from headway.testing.cluster import Cluster
+from headway.testing.pg import POSTGRES_URL, fresh_schema
 from headway.testing.server_process import ServerProcess, start_server
 
 SERVICE = "web"
@@ -91,6 +104,9 @@ class Options:
     slow_fraction: float = 0.01  # agents that apply the change slowly
     slow_time: float = 5.0  # seconds a slow agent takes to apply it
     apply_time: float = 0.0  # seconds the other agents take to apply it
+    database: str = "sqlite"  # or "postgresql": a fresh schema of postgres_url
+    servers: int = 1  # server processes on that database (more than one: PostgreSQL)
+    postgres_url: str = POSTGRES_URL
 
 
 def parse_args(argv: Sequence[str] | None) -> tuple[Options, bool]:
@@ -117,6 +133,19 @@ def parse_args(argv: Sequence[str] | None) -> tuple[Options, bool]:
     parser.add_argument(
         "--apply-time", type=float, default=0.0, help="seconds the other agents take to apply (default 0)"
     )
+    parser.add_argument(
+        "--database",
+        choices=("sqlite", "postgresql"),
+        default="sqlite",
+        help="sqlite (default: a file in a temporary directory) or postgresql (a fresh schema "
+        "of --postgres-url, dropped afterwards)",
+    )
+    parser.add_argument(
+        "--servers", type=int, default=1, help="server processes on that database (default 1)"
+    )
+    parser.add_argument(
+        "--postgres-url", default=POSTGRES_URL, help=f"PostgreSQL database (default {POSTGRES_URL})"
+    )
     parser.add_argument("--json", action="store_true", help="print one JSON object instead of a table")
     parser.add_argument(
         "--profile",
@@ -135,6 +164,10 @@ def parse_args(argv: Sequence[str] | None) -> tuple[Options, bool]:
         parser.error("--slow-fraction must be at least 0 and below 1")
     if args.config_bytes < 0:
         parser.error("--config-bytes must be 0 or more")
+    if args.servers < 1 or args.servers > 16:
+        parser.error("--servers must be between 1 and 16")
+    if args.servers > 1 and args.database != "postgresql":
+        parser.error("several servers share a PostgreSQL database: add --database postgresql")
     options = Options(
         agents=args.agents,
         batches=args.batches,
@@ -147,11 +180,30 @@ def parse_args(argv: Sequence[str] | None) -> tuple[Options, bool]:
         slow_fraction=args.slow_fraction,
         slow_time=args.slow_time,
         apply_time=args.apply_time,
+        database=args.database,
+        servers=args.servers,
+        postgres_url=args.postgres_url,
     )
     return options, bool(args.json)
 
 
 # ------------------------------------------------------------------ result
+
+
+@dataclass
+class ServerFigures:
+    """One server of several: its part, its agents (those that started at it), its cost."""
+
+    index: int
+    url: str = ""
+    role: str = ""  # leader or follower, when the agents started
+    agents: int = 0
+    cpu_s: float = 0.0
+    peak_rss_mib: float = 0.0
+    cpu_by_phase_s: dict[str, float] = field(default_factory=dict)
+    # propagation to the agents connected to this server when the change was made (not slow)
+    propagation_p50_s: float = 0.0
+    propagation_p99_s: float = 0.0
 
 
 @dataclass
@@ -183,8 +235,19 @@ class ScaleResult:
     bench_cpu_s: float = 0.0
     server_cpu_by_phase_s: dict[str, float] = field(default_factory=dict)
     extra_restarts: int = 0  # agent restarts beyond v1, v2, back to v1: should be 0
+    # desired messages an agent received again with the generation it had just received
+    # (a simulated agent starts its restart over on one; a real agent ignores it)
+    repeated_desired: int = 0
     server_log_warnings: int = 0
     machine: str = ""
+    database: str = "sqlite"
+    servers: int = 1
+    # several servers (or PostgreSQL): the sums above are over the servers; each one here
+    per_server: list[ServerFigures] = field(default_factory=list)
+    # PostgreSQL: CPU of the database sessions the servers opened (their backends)
+    database_cpu_s: float = 0.0
+    database_cpu_by_phase_s: dict[str, float] = field(default_factory=dict)
+    server_log_lines: list[str] = field(default_factory=list)  # distinct warnings, a few
 
     def rows(self) -> list[tuple[str, str]]:
         return [
@@ -217,7 +280,32 @@ class ScaleResult:
             ("bench CPU", f"{self.bench_cpu_s:.2f} s"),
             ("extra agent restarts", f"{self.extra_restarts}"),
             ("server log warnings", f"{self.server_log_warnings}"),
+            *self.cluster_rows(),
         ]
+
+    def cluster_rows(self) -> list[tuple[str, str]]:
+        """What a PostgreSQL run adds (nothing for the default: SQLite, one server)."""
+        if self.database == "sqlite" and self.servers == 1:
+            return []
+        rows = [
+            ("database, servers", f"{self.database}, {self.servers}"),
+            ("repeated desired messages", f"{self.repeated_desired}"),
+        ]
+        for s in self.per_server:
+            rows.append(
+                (
+                    f"  server {s.index} ({s.role})",
+                    f"{s.agents} agents, propagation p50/p99 {s.propagation_p50_s:.3f} / "
+                    f"{s.propagation_p99_s:.3f} s, CPU {s.cpu_s:.2f} s, peak RSS {s.peak_rss_mib:.1f} MiB; "
+                    + ", ".join(f"{k} {v:.2f}" for k, v in s.cpu_by_phase_s.items()),
+                )
+            )
+        rows.append(("database sessions CPU", f"{self.database_cpu_s:.2f} s"))
+        rows.append(
+            ("  by phase", ", ".join(f"{k} {v:.2f}" for k, v in self.database_cpu_by_phase_s.items()))
+        )
+        rows.extend(("  log", line) for line in self.server_log_lines)
+        return rows
 
     def table(self) -> str:
         width = max(len(k) for k, _ in self.rows())
@@ -421,6 +509,11 @@ async def setup_service(api: httpx.AsyncClient, options: Options) -> None:
     assert release["number"] == 1, release
 
 
+def repeats(seen: Sequence[tuple[int | None, int]]) -> int:
+    """Messages that repeat the generation of the one before."""
+    return sum(1 for before, after in itertools.pairwise(seen) if before[1] == after[1])
+
+
 def percentile(sorted_values: Sequence[float], fraction: float) -> float:
     """Nearest-rank percentile of an ascending list (0.0 for an empty one)."""
     if not sorted_values:
@@ -445,7 +538,7 @@ async def propagate(
     api: httpx.AsyncClient,
     agents: Sequence[SimAgent],
     slow: set[str],
-    configs: tuple[SimAgentConfig, SimAgentConfig],
+    configs: AgentConfigs,
     options: Options,
     result: ScaleResult,
 ) -> int:
@@ -453,8 +546,7 @@ async def propagate(
 
     Returns the new release's number.
     """
-    fast_config, slow_config = configs
-    fast_config.restart_time, slow_config.restart_time = options.apply_time, options.slow_time
+    configs.set_times(options.apply_time, options.slow_time)
     await apply_service(api, "100%")
     payload = "c" * options.config_bytes  # the 1 KiB "config", as a release parameter
     created = check(
@@ -482,31 +574,148 @@ async def propagate(
     result.propagation_p99_s = percentile(fast, 0.99)
     result.propagation_max_s = fast[-1] if fast else 0.0
     result.propagation_slow_max_s = late[-1] if late else 0.0
+    for figures in result.per_server if len(result.per_server) > 1 else []:
+        here = sorted(
+            acks.at[a.name] - committed for a in agents if a.name not in slow and a.server == figures.url
+        )
+        figures.propagation_p50_s = percentile(here, 0.50)
+        figures.propagation_p99_s = percentile(here, 0.99)
     for agent in agents:
         agent.on_applied = None
-    fast_config.restart_time = slow_config.restart_time = options.restart_time
+    configs.set_times(options.restart_time, options.restart_time)
     await apply_service(api, max(1, options.agents // options.batches))
     return acks.release
 
 
-class Phases:
-    """Server CPU seconds spent in each named phase."""
+class SessionsProbe:
+    """CPU time of the PostgreSQL backends that serve the servers' sessions.
 
-    def __init__(self, probe: ProcProbe, result: ScaleResult) -> None:
-        self.probe = probe
+    Each server names its database sessions after its server id (``application_name``,
+    see `GET /api/v1/cluster`); `watch` looks for their backends every ``interval``, and
+    a backend that ends keeps the CPU it had when last read. Reading another user's
+    /proc/<pid>/stat needs no privilege; the database must run on this machine.
+    """
+
+    def __init__(self, conninfo: str, server_ids: Sequence[str]) -> None:
+        self.conninfo = conninfo
+        self.server_ids = list(server_ids)
+        self._cpu: dict[int, float] = {}  # backend pid -> CPU seconds when last read
+        self._ticks = os.sysconf("SC_CLK_TCK")
+
+    def _read(self, pid: int) -> None:
+        with contextlib.suppress(OSError, ValueError, IndexError):
+            stat = Path(f"/proc/{pid}/stat").read_text()
+            fields = stat[stat.rindex(")") + 2 :].split()
+            self._cpu[pid] = (int(fields[11]) + int(fields[12])) / self._ticks
+
+    def cpu_seconds(self) -> float:
+        for pid in list(self._cpu):
+            self._read(pid)
+        return sum(self._cpu.values())
+
+    async def watch(self, interval: float = 0.5) -> None:
+        async with await psycopg.AsyncConnection.connect(self.conninfo, autocommit=True) as conn:
+            while True:
+                cursor = await conn.execute(
+                    "SELECT pid FROM pg_stat_activity WHERE application_name = ANY(%s)",
+                    (self.server_ids,),
+                )
+                for (pid,) in await cursor.fetchall():
+                    self._read(int(pid))
+                await asyncio.sleep(interval)
+
+
+class Phases:
+    """Server CPU seconds spent in each named phase: summed, per server, and the database's."""
+
+    def __init__(
+        self, probes: Sequence[ProcProbe], result: ScaleResult, sessions: SessionsProbe | None = None
+    ) -> None:
+        self.probes = probes
         self.result = result
-        self._last = probe.cpu_seconds()
+        self.sessions = sessions
+        self._last = [probe.cpu_seconds() for probe in probes]
+        self._db_last = sessions.cpu_seconds() if sessions is not None else 0.0
 
     def end(self, name: str) -> None:
-        now = self.probe.cpu_seconds()
-        self.result.server_cpu_by_phase_s[name] = round(now - self._last, 3)
+        now = [probe.cpu_seconds() for probe in self.probes]
+        spent = [round(b - a, 3) for a, b in zip(self._last, now, strict=True)]
+        self.result.server_cpu_by_phase_s[name] = round(sum(now) - sum(self._last), 3)
+        for figures, cpu in zip(self.result.per_server, spent, strict=True):
+            figures.cpu_by_phase_s[name] = cpu
         self._last = now
+        if self.sessions is not None:
+            db_now = self.sessions.cpu_seconds()
+            self.result.database_cpu_by_phase_s[name] = round(db_now - self._db_last, 3)
+            self._db_last = db_now
 
 
-async def drive(server: ServerProcess, options: Options, result: ScaleResult) -> None:
-    probe = ProcProbe(server.proc.pid)
-    watcher = asyncio.create_task(probe.watch())
-    phases = Phases(probe, result)
+class AgentConfigs:
+    """The agents' configurations: per server they start at, one for fast and one for slow
+    agents (the propagation phase changes their apply time, then sets it back)."""
+
+    def __init__(self, urls: Sequence[str], token: str, options: Options) -> None:
+        def config(first: int) -> SimAgentConfig:
+            order = list(urls[first:]) + list(urls[:first])
+            return SimAgentConfig(
+                ",".join(order), token, SERVICE, restart_time=options.restart_time, seed=options.seed
+            )
+
+        self.fast = [config(i) for i in range(len(urls))]
+        self.slow = [config(i) for i in range(len(urls))]
+
+    def set_times(self, fast: float, slow: float) -> None:
+        for config in self.fast:
+            config.restart_time = fast
+        for config in self.slow:
+            config.restart_time = slow
+
+
+async def server_ids(servers: Sequence[ServerProcess]) -> list[tuple[str, str]]:
+    """Each server's (id, role), from GET /api/v1/cluster."""
+    out = []
+    for server in servers:
+        headers = {"Authorization": f"Bearer {server.tokens['api']}"}
+        async with httpx.AsyncClient(base_url=server.url, headers=headers, timeout=10) as api:
+            body = check(await api.get("/api/v1/cluster"), "cluster")
+            out.append((str(body["server"]), str(body["role"])))
+    return out
+
+
+async def find_leader(servers: Sequence[ServerProcess], options: Options) -> int:
+    """The index of the one server that leads (waits for the election)."""
+    found = -1
+
+    async def one() -> bool:
+        nonlocal found
+        leaders = [i for i, (_, role) in enumerate(await server_ids(servers)) if role == "leader"]
+        found = leaders[0] if len(leaders) == 1 else -1
+        return found >= 0
+
+    await wait_until("a single leader", one, options.phase_timeout, 0.1)
+    return found
+
+
+async def drive(
+    servers: Sequence[ServerProcess], options: Options, result: ScaleResult, conninfo: str | None
+) -> None:
+    """The phases, against ``servers`` (one, or several on one PostgreSQL database)."""
+    probes = [ProcProbe(server.proc.pid) for server in servers]
+    watchers = [asyncio.create_task(probe.watch()) for probe in probes]
+    leader = await find_leader(servers, options) if len(servers) > 1 else 0
+    sessions: SessionsProbe | None = None
+    result.per_server = [ServerFigures(i, s.url) for i, s in enumerate(servers)]
+    if conninfo is not None:
+        ids = await server_ids(servers)
+        for figures, (_, role) in zip(result.per_server, ids, strict=True):
+            figures.role = role
+        sessions = SessionsProbe(conninfo, [server_id for server_id, _ in ids])
+        watchers.append(asyncio.create_task(sessions.watch()))
+        await asyncio.sleep(0.1)  # the first look at the sessions
+    else:
+        result.per_server[0].role = "leader"
+    phases = Phases(probes, result, sessions)
+    server = servers[leader]  # the API calls go to the leader
     headers = {"Authorization": f"Bearer {server.tokens['api']}"}
     agent_tasks: list[asyncio.Task[None]] = []
     try:
@@ -514,25 +723,17 @@ async def drive(server: ServerProcess, options: Options, result: ScaleResult) ->
             await setup_service(api, options)
             phases.end("setup")
 
-            configs = tuple(
-                SimAgentConfig(
-                    server.url,
-                    server.tokens["agent"],
-                    SERVICE,
-                    restart_time=options.restart_time,
-                    seed=options.seed,
-                )
-                for _ in range(2)
-            )
-            fast_config, slow_config = configs
+            configs = AgentConfigs([s.url for s in servers], server.tokens["agent"], options)
             names = [f"sim-{i:05d}" for i in range(options.agents)]
             slow = set(
                 random.Random(options.seed).sample(names, round(options.agents * options.slow_fraction))
             )
-            agents = [
-                SimAgent(name, agent_address(i), slow_config if name in slow else fast_config)
-                for i, name in enumerate(names)
-            ]
+            agents = []
+            for i, name in enumerate(names):
+                first = i % len(servers)
+                config = configs.slow[first] if name in slow else configs.fast[first]
+                agents.append(SimAgent(name, agent_address(i), config))
+                result.per_server[first].agents += 1
             t0 = CLOCK.monotonic()
             agent_tasks = [asyncio.create_task(a.run()) for a in agents]
             await asyncio.wait_for(
@@ -544,7 +745,7 @@ async def drive(server: ServerProcess, options: Options, result: ScaleResult) ->
 
             current, expected_restarts = 1, 3  # v1, the rollout's release, back
             if options.propagation:
-                current = await propagate(api, agents, slow, (fast_config, slow_config), options, result)
+                current = await propagate(api, agents, slow, configs, options, result)
                 expected_restarts += 1
                 phases.end("propagation")
 
@@ -579,17 +780,25 @@ async def drive(server: ServerProcess, options: Options, result: ScaleResult) ->
             result.rollback_s = await everyone_on(api, agents, current, options) - t0
             phases.end("rollback")
             result.extra_restarts = sum(max(0, a.restarts - expected_restarts) for a in agents)
+            result.repeated_desired = sum(repeats(a.desired_seen) for a in agents)
     finally:
         for task in agent_tasks:
             task.cancel()
         await asyncio.gather(*agent_tasks, return_exceptions=True)
-        with contextlib.suppress(OSError):
-            probe.sample()
-            result.server_cpu_s = probe.cpu_seconds()
-        watcher.cancel()
-        with contextlib.suppress(asyncio.CancelledError):
-            await watcher
-        result.server_peak_rss_mib = probe.peak_rss_kib / PAGE_KIB
+        for probe, figures in zip(probes, result.per_server, strict=True):
+            with contextlib.suppress(OSError):
+                probe.sample()
+                figures.cpu_s = probe.cpu_seconds()
+            figures.peak_rss_mib = probe.peak_rss_kib / PAGE_KIB
+        if sessions is not None:
+            result.database_cpu_s = round(sessions.cpu_seconds(), 3)
+        for watcher in watchers:
+            watcher.cancel()
+        await asyncio.gather(*watchers, return_exceptions=True)
+        # one server: its figures, as always; several: the sum of each one's
+        # (the peaks need not coincide, so their sum is an upper bound)
+        result.server_cpu_s = sum(f.cpu_s for f in result.per_server)
+        result.server_peak_rss_mib = sum(f.peak_rss_mib for f in result.per_server)
 
 
 class OnceParsed:
@@ -633,24 +842,65 @@ def run(options: Options) -> ScaleResult:
         restart_time_s=options.restart_time,
         floor_s=options.batches * options.restart_time,
         machine=machine_line(),
+        database=options.database,
+        servers=options.servers,
     )
     cpu0 = own_cpu_seconds()
     with tempfile.TemporaryDirectory(prefix="headway-bench-") as tmp:
-        server = start_server(Path(tmp) / "server")
-        try:
-            with (
-                profiled(server.proc.pid, options.profile),
-                mock.patch.object(sim_agents, "server_message", OnceParsed()),
-            ):
-                asyncio.run(drive(server, options, result))
-        finally:
-            server.stop()
-            log = (Path(tmp) / "server" / "server.log").read_text(errors="replace")
-            result.server_log_warnings = sum(
-                1 for line in log.splitlines() if " WARNING " in line or " ERROR " in line
-            )
+        if options.database == "sqlite":
+            server = start_server(Path(tmp) / "server")
+            try:
+                run_drive([server], options, result, None)
+            finally:
+                server.stop()
+                count_warnings([server.log], result)
+        else:
+            with fresh_schema(options.postgres_url, prefix="hw_bench") as url:
+                cluster = Cluster(Path(tmp) / "shared", url)
+                try:
+                    cluster.start(options.servers)
+                    run_drive(cluster.servers, options, result, libpq_conninfo(options.postgres_url))
+                finally:
+                    cluster.stop()
+                    count_warnings([s.log for s in cluster.servers], result)
     result.bench_cpu_s = own_cpu_seconds() - cpu0
     return result
+
+
+def run_drive(
+    servers: Sequence[ServerProcess], options: Options, result: ScaleResult, conninfo: str | None
+) -> None:
+    with contextlib.ExitStack() as stack:
+        for i, server in enumerate(servers):
+            out = options.profile
+            if out is not None and len(servers) > 1:
+                out = out.with_name(f"{out.stem}-server{i}{out.suffix}")
+            stack.enter_context(profiled(server.proc.pid, out))
+        stack.enter_context(mock.patch.object(sim_agents, "server_message", OnceParsed()))
+        asyncio.run(drive(servers, options, result, conninfo))
+
+
+def libpq_conninfo(url: str) -> str:
+    """The SQLAlchemy URL (postgresql+psycopg://...) as psycopg takes it."""
+    return sa_url.make_url(url).set(drivername="postgresql").render_as_string(hide_password=False)
+
+
+# Logged at WARNING on purpose, not problems: a server taking the lead, a runner stopping
+# with its server (a deposed leader also logs "no longer leads", which counts).
+_EXPECTED = re.compile(r"this server \(.*\) leads now, fencing token|runner stopped: this server follows now")
+
+
+def count_warnings(logs: Sequence[Path], result: ScaleResult) -> None:
+    """Warnings and errors in the servers' logs (taking the lead and stopping are not)."""
+    seen: dict[str, int] = {}
+    for path in logs:
+        with contextlib.suppress(OSError):
+            for line in path.read_text(errors="replace").splitlines():
+                if (" WARNING " in line or " ERROR " in line) and not _EXPECTED.search(line):
+                    result.server_log_warnings += 1
+                    text = re.sub(r"\d+", "N", line.split(" ", 2)[-1])[:160]  # without the time
+                    seen[text] = seen.get(text, 0) + 1
+    result.server_log_lines = [f"{n} x {text}" for text, n in sorted(seen.items(), key=lambda x: -x[1])[:5]]
 
 
 def main(argv: Sequence[str] | None = None) -> ScaleResult:

@@ -4,9 +4,14 @@ A follower serves the API and its agents like the leader does, but the
 rollout runner runs only on the leader. What the follower's callers would
 queue for the runner (agent hellos and reports, operator commands) goes into
 the store's inbox instead, in order, and the leader's runner takes it from
-there into its next batch (`Runner` and `ClusterTx`). A caller that wants an
-answer waits for the reply the leader writes in the same transaction as the
-request's effect; a NOTIFY wakes it, a poll every second covers a lost one.
+there into its next batch (`Runner` and `ClusterTx`). Requests are stored
+in batches: whatever arrives within ``FLUSH_DELAY`` goes in one transaction
+(one NOTIFY), in order, which keeps a wave of agents reconnecting to a
+follower from costing a transaction each. A caller that wants an answer
+waits for the reply the leader writes in the same transaction as the
+request's effect; the leader's NOTIFY names the requests it answered, so a
+follower reads replies only when one of its own is among them; a poll every
+second covers a lost notification.
 A request no leader takes within ``reply_timeout`` is withdrawn (nothing was
 done, `NoLeader`), unless it was taken meanwhile, when its reply is returned.
 
@@ -22,6 +27,7 @@ import dataclasses
 import enum
 import json
 import logging
+from collections.abc import Iterable
 from typing import Any
 
 from pydantic import BaseModel
@@ -133,7 +139,8 @@ class Forwarder:
         self.sender = sender
         self.clock = clock
         self.reply_timeout = reply_timeout
-        self._buffer: list[tuple[str, str]] = []  # fire-and-forget requests not yet stored
+        # requests not yet stored, in order; a caller's future gets its request's id
+        self._buffer: list[tuple[str, str, asyncio.Future[int] | None]] = []
         self._waiting: dict[int, asyncio.Future[Any]] = {}
         self._flush_handle: asyncio.TimerHandle | None = None
 
@@ -141,21 +148,20 @@ class Forwarder:
 
     def submit(self, request: r.Request) -> None:
         """Hand a request over without waiting (agent reports): stored within FLUSH_DELAY."""
-        self._buffer.append(encode_request(request))
-        if len(self._buffer) > MAX_BUFFERED:
-            del self._buffer[: len(self._buffer) - MAX_BUFFERED]
-        if self._flush_handle is None:
-            self._flush_handle = asyncio.get_running_loop().call_later(FLUSH_DELAY, self._flush_soon)
+        kind, payload = encode_request(request)
+        self._add(kind, payload, None)
 
     async def call(self, request: r.Request) -> Any:
         """Hand a request over and wait for the leader's answer (or its error)."""
         kind, payload = encode_request(request)
-        request_id = self._flush((kind, payload))
-        assert request_id is not None
+        stored: asyncio.Future[int] = asyncio.get_running_loop().create_future()
+        self._add(kind, payload, stored)
+        request_id = await stored  # StoreUnavailable if it could not be stored
         future: asyncio.Future[Any] = asyncio.get_running_loop().create_future()
         self._waiting[request_id] = future
         try:
-            self.take_replies()  # answered already (a fast leader)?
+            # No reply can be in yet: the leader's NOTIFY of it is handled on this loop,
+            # after this coroutine yields; a lost one is covered by `run`'s poll.
             return await asyncio.wait_for(asyncio.shield(future), self.reply_timeout)
         except TimeoutError:
             return self._give_up(request_id, kind)
@@ -164,34 +170,63 @@ class Forwarder:
 
     # ---------------------------------------------------------------- plumbing
 
+    def _add(self, kind: str, payload: str, stored: asyncio.Future[int] | None) -> None:
+        self._buffer.append((kind, payload, stored))
+        if len(self._buffer) > MAX_BUFFERED:
+            dropped = self._buffer[: len(self._buffer) - MAX_BUFFERED]
+            del self._buffer[: len(dropped)]
+            self._fail(dropped, StoreUnavailable("too many requests wait for the database", hint="retry"))
+        if self._flush_handle is None:
+            self._flush_handle = asyncio.get_running_loop().call_later(FLUSH_DELAY, self._flush_soon)
+
     def _flush_soon(self) -> None:
         self._flush_handle = None
         try:
-            self._flush(None)
-        except StoreUnavailable as error:
-            log.warning("cannot hand agent reports to the leader yet: %s", error)
-            self._flush_handle = asyncio.get_running_loop().call_later(1.0, self._flush_soon)
+            self._flush()
+        except Exception as error:  # nothing was stored
+            if not isinstance(error, StoreUnavailable):
+                log.exception("storing requests for the leader failed")
+            # callers hear it now; reports wait for the database
+            calls = [item for item in self._buffer if item[2] is not None]
+            self._buffer = [item for item in self._buffer if item[2] is None]
+            self._fail(calls, error)
+            if self._buffer:
+                log.warning("cannot hand agent reports to the leader yet: %s", error)
+                self._flush_handle = asyncio.get_running_loop().call_later(1.0, self._flush_soon)
 
-    def _flush(self, call: tuple[str, str] | None) -> int | None:
-        """Store the buffered requests, then ``call`` (so order is kept); its id."""
-        items = [(kind, payload, False) for kind, payload in self._buffer]
-        if call is not None:
-            items.append((call[0], call[1], True))
+    @staticmethod
+    def _fail(items: Iterable[tuple[str, str, asyncio.Future[int] | None]], error: Exception) -> None:
+        for _, _, stored in items:
+            if stored is not None and not stored.done():
+                stored.set_exception(error)
+
+    def _flush(self) -> None:
+        """Store the buffered requests in order, in one transaction with one NOTIFY; hand
+        each caller its request's id."""
+        items = self._buffer
         if not items:
-            return None
+            return
         with self.store.tx() as tx:
-            ids = tx.add_inbox(self.sender, items, self.clock.now())
+            ids = tx.add_inbox(self.sender, [(k, p, f is not None) for k, p, f in items], self.clock.now())
             tx.notify("inbox")
-        self._buffer.clear()
-        return ids[-1] if call is not None else None  # the only one that wants a reply
+        self._buffer = []
+        callers = [f for _, _, f in items if f is not None]
+        for stored, request_id in zip(callers, ids, strict=True):
+            if not stored.done():  # a caller cancelled meanwhile: the leader still answers
+                stored.set_result(request_id)
 
-    def take_replies(self) -> None:
-        """Resolve the callers whose replies are in (on NOTIFY, and every second)."""
+    def take_replies(self, answered: Iterable[int] | None = None) -> None:
+        """Resolve the callers whose replies are in: on the leader's NOTIFY (``answered``:
+        the ids it names, so nothing is read unless one of them waits here), and every
+        second (None: look for every caller waiting)."""
         if not self._waiting:
+            return
+        wanted = list(self._waiting) if answered is None else [i for i in answered if i in self._waiting]
+        if not wanted:
             return
         try:
             with self.store.tx() as tx:
-                replies = tx.take_replies(list(self._waiting))
+                replies = tx.take_replies(wanted)
         except StoreUnavailable as error:
             log.warning("cannot read the leader's replies yet: %s", error)
             return

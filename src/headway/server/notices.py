@@ -3,6 +3,7 @@
     topic     sent by                     payload          the listener
     inbox     a follower, with requests   -                wakes the leader's inbox pump
     reply     the leader, having answered request ids      hands followers their replies
+                                          (comma-separated)
     desired   the leader, after a batch   host names       pushes to agents connected here
     service   any server, spec stored     service name     forgets the cached spec
 
@@ -37,7 +38,7 @@ KEEPALIVES = {"keepalives": 1, "keepalives_idle": 5, "keepalives_interval": 2, "
 @dataclass
 class NoticeHandlers:
     inbox: Callable[[], None]
-    reply: Callable[[], None]
+    reply: Callable[[list[int] | None], None]  # the ids answered; None: look for all
     desired: Callable[[list[str] | None], None]  # None: every host connected here
     service: Callable[[str | None], None]  # None: every service
     quiet: Callable[[], None]  # every few seconds: look for what a lost notification missed
@@ -96,7 +97,7 @@ class NoticeListener:
             if topic == "inbox":
                 handlers.inbox()
             elif topic == "reply":
-                handlers.reply()
+                handlers.reply(_ids(payload))
             elif topic == "desired":
                 handlers.desired([h for h in payload.split(",") if h])
             elif topic == "service":
@@ -105,12 +106,22 @@ class NoticeListener:
     def _everything(self, idle: bool = False) -> None:
         with _logged("resync"):
             self.handlers.inbox()
-            self.handlers.reply()
+            self.handlers.reply(None)
             if idle:
                 self.handlers.quiet()
             else:
                 self.handlers.desired(None)
                 self.handlers.service(None)
+
+
+def _ids(payload: str) -> list[int] | None:
+    """The request ids a reply notice names; None (look for every one) if it names none
+    or cannot be read."""
+    try:
+        ids = [int(part) for part in payload.split(",") if part]
+    except ValueError:
+        return None
+    return ids or None
 
 
 @contextlib.contextmanager

@@ -51,7 +51,7 @@ from headway.errors import Conflict, Fenced, HeadwayError, NotFound, StoreUnavai
 from headway.protocol.messages import ConfigBundle, Desired, DesiredRelease, Observation
 from headway.server import configs, forwarding
 from headway.server.forwarding import Forwarder
-from headway.server.hub import AgentHub
+from headway.server.hub import AgentHub, AgentSession
 from headway.server.leadership import Leadership
 from headway.server.readiness import StoreServeFlags
 from headway.server.requests import (
@@ -127,6 +127,8 @@ class Runner:
         self._inbox_signal = asyncio.Event()
         self._inbox_taken: set[int] = set()  # inbox requests queued, not yet committed
         self._remote_pushes: set[str] = set()  # hosts whose sessions live on other servers
+        # a follower: the session and generation each host was last handed (push_stale)
+        self._pushed: dict[str, tuple[AgentSession, int]] = {}
         self._late: set[asyncio.Future[None]] = set()  # requests re-sent to the new leader
         if leadership is not None:
             leadership.subscribe(self._election_changed)
@@ -213,13 +215,20 @@ class Runner:
         self._inbox_signal.set()
 
     async def _pump_inbox(self) -> None:
-        """While leading: move other servers' requests from the inbox into the queue."""
+        """While leading: move other servers' requests from the inbox into the queue.
+
+        Each look reads the ids of the requests not handled yet, then the payloads of
+        those not taken yet: requests queued but not yet answered are not read again on
+        every notification (a wave of agents arriving through a follower left thousands).
+        Ids are not a watermark: a follower's transaction may commit after a later one's.
+        """
         purged_at = 0.0
         while True:
             self._inbox_signal.clear()
             try:
                 with self.store.tx() as tx:
-                    items = [i for i in tx.pending_inbox() if i.id not in self._inbox_taken]
+                    new = [i for i in tx.pending_inbox_ids() if i not in self._inbox_taken]
+                    items = tx.inbox_items(new) if new else []
                     if self.clock.monotonic() - purged_at > 60:
                         purged_at = self.clock.monotonic()
                         tx.purge_inbox(self.clock.now() - 600)
@@ -487,9 +496,9 @@ class Runner:
         ]
         if answers:
             tx.answer_inbox(answers)
-            replied = [str(i) for i, reply in answers if reply is not None]
-            if replied:
-                tx.notify("reply", ",".join(replied)[:7000])
+            # every id named (the followers read replies only when one of theirs is)
+            for chunk in _chunks([str(i) for i, reply in answers if reply is not None], 7000):
+                tx.notify("reply", chunk)
         return [i for i, _ in answers]
 
     def _push(self, host: str, message: Desired) -> None:
@@ -513,37 +522,73 @@ class Runner:
 
     def push_local(self, hosts: Iterable[str] | None = None) -> None:
         """Push the stored desired state to agents connected here (all, or ``hosts``):
-        the leader changed them (NOTIFY) or a notification may have been lost."""
+        the leader changed them (NOTIFY) or a notification may have been lost.
+
+        The hosts are read in one statement. Hosts that share a service, a desired release
+        and a serve flag get the same message but for its generation, so it is built once
+        (`_desired_message`) and copied with each one's generation.
+        """
         if self.leading and hosts is not None:
             return  # the leader pushed its own sessions already
         names = [h for h in (self.hub.sessions if hosts is None else hosts) if h in self.hub.sessions]
         if not names:
             return
+        messages: dict[str, Desired | None] = {}
         try:
             with self.store.tx() as tx:
-                messages = {h: self._desired_message(tx, h) for h in names}
+                targets = tx.host_targets(names)
+                built: dict[tuple[str, int | None, bool], Desired] = {}
+                for name in names:
+                    target = targets.get(name)
+                    if target is None:
+                        continue  # not registered
+                    key = (target.service, target.desired_release, target.serve)
+                    model = built.get(key)
+                    if model is None:
+                        message = messages[name] = self._desired_message(tx, name)
+                        number = message.release.number if message and message.release else None
+                        if (
+                            message is not None
+                            and message.generation == target.generation
+                            and number == target.desired_release
+                            and message.serve == target.serve
+                        ):  # else it changed between the two reads: built per host
+                            built[key] = message
+                    elif model.generation == target.generation:
+                        messages[name] = model
+                    else:
+                        messages[name] = model.model_copy(update={"generation": target.generation})
         except StoreUnavailable as error:
             log.warning("cannot read desired states to push: %s", error)
             return
-        for host, message in messages.items():
-            if message is not None:
-                self.hub.push(host, message)
+        for host, pushed in messages.items():
+            if pushed is not None and self.hub.push(host, pushed):
+                self._pushed[host] = (self.hub.sessions[host], pushed.generation)
 
     def push_stale(self) -> None:
         """A follower's safety net: push to local agents whose stored generation is ahead
-        of what they last reported (a notification was lost)."""
-        if self.leading or not self.hub.sessions:
+        of what they last reported (a notification was lost), unless this very session
+        was handed that generation already (the agent is still applying it: a host in
+        the middle of its restart is not told again)."""
+        sessions = self.hub.sessions
+        self._pushed = {h: pushed for h, pushed in self._pushed.items() if h in sessions}
+        if self.leading or not sessions:
             return
         try:
             with self.store.tx() as tx:
-                behind = [
-                    h.name
-                    for h in tx.list_hosts()
-                    if h.name in self.hub.sessions and h.generation > h.observed_generation
-                ]
+                behind = tx.hosts_behind()
         except StoreUnavailable:
             return
-        self.push_local(behind) if behind else None
+        stale = []
+        for host, generation in behind:
+            session = sessions.get(host)
+            if session is None:
+                continue
+            pushed = self._pushed.get(host)
+            if pushed is None or pushed[0] is not session or pushed[1] < generation:
+                stale.append(host)
+        if stale:
+            self.push_local(stale)
 
     def _apply(
         self,

@@ -20,7 +20,7 @@ whose clocks disagree still agree on when a lease ends.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 
 import sqlalchemy as sa
@@ -30,6 +30,12 @@ from headway.errors import Fenced
 from headway.store._schema import inbox, leases
 
 RUNNER_LEASE = "runner"
+_SQLITE_VARS = 500  # ids per statement on SQLite, well under its limit of bound variables
+
+
+def _runs(values: Sequence[object], size: int) -> Iterator[Sequence[object]]:
+    for start in range(0, len(values), size):
+        yield values[start : start + size]
 
 
 @dataclass(frozen=True)
@@ -46,6 +52,17 @@ class Lease:
     @property
     def expired(self) -> bool:
         return self.expires_at <= self.now
+
+
+@dataclass(frozen=True)
+class HostTarget:
+    """What a host's desired message is made of (`ClusterTx.host_targets`)."""
+
+    name: str
+    service: str
+    desired_release: int | None
+    generation: int
+    serve: bool
 
 
 @dataclass(frozen=True)
@@ -129,18 +146,12 @@ class ClusterTx:
     def add_inbox(
         self, sender: str, items: Sequence[tuple[str, str, bool]], now: float
     ) -> list[int]:
-        """Queue ``(kind, payload, wants_reply)`` requests in order; the ids of those that
-        want a reply, in order. Runs of the others (agent reports) go in one statement."""
-        ids: list[int] = []
-        run: list[dict[str, object]] = []
-
-        def flush() -> None:
-            if run:
-                self._conn.execute(sa.insert(inbox), run)
-                run.clear()
-
-        for kind, payload, wants_reply in items:
-            row = {
+        """Queue ``(kind, payload, wants_reply)`` requests in order, in one statement; the
+        ids of those that want a reply, in order."""
+        if not items:
+            return []
+        rows = [
+            {
                 "sender": sender,
                 "kind": kind,
                 "payload": payload,
@@ -148,13 +159,18 @@ class ClusterTx:
                 "done": False,
                 "created_at": now,
             }
-            if not wants_reply:
-                run.append(row)
-                continue
-            flush()
-            ids.append(int(self._conn.execute(sa.insert(inbox).values(row).returning(inbox.c.id)).scalar_one()))
-        flush()
-        return ids
+            for kind, payload, wants_reply in items
+        ]
+        if not any(wants_reply for _, _, wants_reply in items):
+            self._conn.execute(sa.insert(inbox), rows)
+            return []
+        # ids rise in the order of the rows (the leader reads the inbox in id order), and
+        # come back in that order
+        result = self._conn.execute(
+            sa.insert(inbox).returning(inbox.c.id, sort_by_parameter_order=True), rows
+        )
+        ids = [int(row[0]) for row in result]
+        return [i for i, (_, _, wants_reply) in zip(ids, items, strict=True) if wants_reply]
 
     def pending_inbox(self, limit: int = 5000) -> list[InboxItem]:
         rows = self._conn.execute(
@@ -165,31 +181,57 @@ class ClusterTx:
         )
         return [InboxItem(int(r.id), r.sender, r.kind, r.payload, bool(r.wants_reply)) for r in rows]
 
+    def pending_inbox_ids(self, limit: int = 5000) -> list[int]:
+        """The ids of the requests not yet handled, in order (no payloads: the leader reads
+        those only for requests it has not taken yet, `inbox_items`)."""
+        false = "false" if self._postgres else "0"
+        rows = self._conn.exec_driver_sql(
+            f"SELECT id FROM inbox WHERE done = {false} ORDER BY id LIMIT {int(limit)}"
+        )
+        return [int(r[0]) for r in rows]
+
+    def inbox_items(self, ids: Sequence[int]) -> list[InboxItem]:
+        """The requests ``ids`` still not handled, in order."""
+        found: list[InboxItem] = []
+        columns = "id, sender, kind, payload, wants_reply"
+        for run, where in self._id_runs(ids):
+            rows = self._conn.exec_driver_sql(f"SELECT {columns} FROM inbox WHERE {where}", run)
+            found.extend(InboxItem(int(r[0]), r[1], r[2], r[3], bool(r[4])) for r in rows)
+        return sorted(found, key=lambda item: item.id)
+
     def answer_inbox(self, answers: Sequence[tuple[int, str | None]]) -> None:
         """Requests handled: a reply is kept for its sender to take; no reply, the row goes."""
-        replies = [{"a_id": i, "a_reply": r} for i, r in answers if r is not None]
+        replies = [(r, i) for i, r in answers if r is not None]
         gone = [i for i, r in answers if r is None]
         if replies:
-            self._conn.execute(
-                sa.update(inbox)
-                .where(inbox.c.id == sa.bindparam("a_id"))
-                .values(done=True, reply=sa.bindparam("a_reply")),
-                replies,
+            true, mark = ("true", "%s") if self._postgres else ("1", "?")
+            self._conn.exec_driver_sql(
+                f"UPDATE inbox SET done = {true}, reply = {mark} WHERE id = {mark}", replies
             )
-        if gone:
-            self._conn.execute(sa.delete(inbox).where(inbox.c.id.in_(gone)))
+        for run, where in self._id_runs(gone):
+            self._conn.exec_driver_sql(f"DELETE FROM inbox WHERE {where}", run)
 
     def take_replies(self, ids: Sequence[int]) -> dict[int, str]:
         """The replies ready among ``ids``; taken: their rows are deleted."""
-        if not ids:
-            return {}
-        rows = self._conn.execute(
-            sa.select(inbox.c.id, inbox.c.reply).where(inbox.c.id.in_(ids), inbox.c.done == sa.true())
-        ).all()
-        found = {int(r.id): r.reply or "" for r in rows}
-        if found:
-            self._conn.execute(sa.delete(inbox).where(inbox.c.id.in_(list(found))))
+        found: dict[int, str] = {}
+        true = "true" if self._postgres else "1"
+        for run, where in self._id_runs(ids):
+            rows = self._conn.exec_driver_sql(
+                f"DELETE FROM inbox WHERE {where} AND done = {true} RETURNING id, reply", run
+            )
+            found.update((int(r[0]), r[1] or "") for r in rows)
         return found
+
+    def _id_runs(self, ids: Sequence[int]) -> Iterator[tuple[tuple[object, ...], str]]:
+        """(parameters, WHERE clause) per statement for a set of ids: one ``= ANY`` array
+        on PostgreSQL, runs of ``IN (?, ...)`` on SQLite. Nothing for no ids."""
+        if not ids:
+            return
+        if self._postgres:
+            yield (list(ids),), "id = ANY(%s)"
+            return
+        for run in _runs(ids, _SQLITE_VARS):
+            yield tuple(run), f"id IN ({','.join('?' * len(run))})"
 
     def withdraw_inbox(self, request_id: int) -> bool:
         """Take back a request no leader has handled; False: it was handled (take its reply)."""
@@ -204,6 +246,31 @@ class ClusterTx:
             sa.delete(inbox).where(inbox.c.done == sa.true(), inbox.c.created_at < older_than)
         )
         return int(result.rowcount)
+
+    # -- what followers push ---------------------------------------------------------------
+
+    def host_targets(self, names: Sequence[str]) -> dict[str, HostTarget]:
+        """The desired state of the hosts ``names`` that exist, read in one statement."""
+        found: dict[str, HostTarget] = {}
+        columns = "name, service, desired_release, generation, serve"
+        if self._postgres:
+            runs: list[tuple[tuple[object, ...], str]] = [((list(names),), "name = ANY(%s)")] if names else []
+        else:
+            runs = [
+                (tuple(run), f"name IN ({','.join('?' * len(run))})") for run in _runs(names, _SQLITE_VARS)
+            ]
+        for params, where in runs:
+            for r in self._conn.exec_driver_sql(f"SELECT {columns} FROM hosts WHERE {where}", params):
+                found[r[0]] = HostTarget(r[0], r[1], r[2], int(r[3]), bool(r[4]))
+        return found
+
+    def hosts_behind(self) -> list[tuple[str, int]]:
+        """(name, generation) of the hosts whose stored generation is ahead of the one
+        their agent last reported."""
+        rows = self._conn.exec_driver_sql(
+            "SELECT name, generation FROM hosts WHERE generation > observed_generation ORDER BY name"
+        )
+        return [(str(r[0]), int(r[1])) for r in rows]
 
     # -- notifications -------------------------------------------------------------------
 
