@@ -76,6 +76,7 @@ from headway.store import HostObservation, NewEvent, OutboxItem, Store, Tx
 log = logging.getLogger("headway.runner")
 
 BATCH_LIMIT = 5000
+INBOX_STRIKES = 3  # batches an inbox request may break before it is dropped with an error reply
 
 
 def live_pool_key(service: str) -> str:
@@ -126,6 +127,7 @@ class Runner:
         self._election = asyncio.Event()
         self._inbox_signal = asyncio.Event()
         self._inbox_taken: set[int] = set()  # inbox requests queued, not yet committed
+        self._inbox_strikes: dict[int, int] = {}  # inbox requests whose batches hit a bug
         self._remote_pushes: set[str] = set()  # hosts whose sessions live on other servers
         # a follower: the session and generation each host was last handed (push_stale)
         self._pushed: dict[str, tuple[AgentSession, int]] = {}
@@ -237,19 +239,26 @@ class Runner:
                 items = []
             for item in items:
                 self._inbox_taken.add(item.id)
+                if self._inbox_strikes.get(item.id, 0) >= INBOX_STRIKES:
+                    self._inbox_strikes.pop(item.id, None)
+                    problem = f"the leader failed {INBOX_STRIKES} times on this {item.kind}; it was dropped"
+                    log.error("inbox request %d from %s: %s", item.id, item.sender, problem)
+                    self._refuse_inbox(item.id, item.wants_reply, problem, "see the leader's log")
+                    continue
                 try:
                     request = forwarding.decode_request(item.kind, item.payload)
                 except ValueError as error:
                     log.error("inbox request %d from %s: %s", item.id, item.sender, error)
-                    self._refuse_inbox(item.id, item.wants_reply, str(error))
+                    hint = "the servers run different versions; upgrade them all"
+                    self._refuse_inbox(item.id, item.wants_reply, str(error), hint)
                     continue
                 request.inbox = (item.id, item.wants_reply)
                 self.queue.put_nowait(request)
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(self._inbox_signal.wait(), 0.5)
 
-    def _refuse_inbox(self, request_id: int, wants_reply: bool, problem: str) -> None:
-        error = HeadwayError(problem, hint="the servers run different versions; upgrade them all")
+    def _refuse_inbox(self, request_id: int, wants_reply: bool, problem: str, hint: str) -> None:
+        error = HeadwayError(problem, hint=hint)
         try:
             with self.store.tx(fence=self.fence) as tx:
                 tx.answer_inbox([(request_id, forwarding.encode_reply(error) if wants_reply else None)])
@@ -356,6 +365,12 @@ class Runner:
                 await self._reload_after_failure()
             except Exception as error:  # a bug: never lose the loop, never half-apply
                 log.exception("runner batch failed; reloading stored state")
+                # Another server's request stays in the inbox and comes back; one that keeps
+                # failing (with whatever shared its batches) is dropped after INBOX_STRIKES.
+                for request in batch:
+                    if request.inbox is not None:
+                        key = request.inbox[0]
+                        self._inbox_strikes[key] = self._inbox_strikes.get(key, 0) + 1
                 self._fail_requests(
                     batch, HeadwayError(f"internal error: {error}", hint="see the server log")
                 )
