@@ -28,6 +28,10 @@ the balancer, moved only by the answers the engine is fed (`TrafficDone`):
   not answered within a progress deadline of the failure counts as lost;
 - an ``Admit`` of a host (other than the final ones of an ended rollout) comes
   only after the host was seen healthy on what it was last told;
+- blue-green: during a shift (forward or back), a pool is never drained while its
+  replacement's admit is outstanding: at the moment of each ``Drain``, every host of
+  the other pool has had an admit answered ok, no drain answered ok since, and no
+  call of it is under way (`_check_replacement_in`);
 - I5 when the rollout ends: every host the answers left drained, or with a
   drain still under way, has an Admit under way issued after it (blue-green's
   drained pool excepted: there the last shift decides, and a rollback shifts
@@ -130,6 +134,17 @@ def check_state(state: RolloutState) -> None:
             )
     if state.phase.terminal:
         assert machine.next_deadline(state) is None, "an ended rollout asks for a wakeup"
+    if state.drains_held:  # a blue-green shift's drains, held until its admits are in
+        assert not state.phase.terminal, f"drains held ({state.drains_held}) in an ended rollout"
+        if state.phase is P.ROLLING_BACK or state.final_status is not None:
+            held = state.shift_back
+        else:
+            held = state.plan[state.step_index] if state.step_index < len(state.plan) else None
+        assert isinstance(held, Shift) and held.drain, f"drains held ({state.drains_held}) outside a shift"
+        assert state.shift_open >= state.drains_held + len(held.drain), (
+            f"shift_open is {state.shift_open}, but {len(held.drain)} drain(s) are held, waiting "
+            f"for {state.drains_held} answer(s)"
+        )
 
 
 class InvariantBroken(AssertionError):
@@ -170,6 +185,8 @@ class Ledger:
     traffic_log: dict[str, list[tuple[str, str]]] = field(default_factory=dict)  # host -> (kind, id)
     seen_healthy: set[str] = field(default_factory=set)  # healthy on what it was last told
     live_pool: list[str] = field(default_factory=list)  # SetLivePool actions
+    old_pool: frozenset[str] = frozenset()  # blue-green: the pool serving when it started
+    in_rotation: set[str] = field(default_factory=set)  # an admit answered ok, no drain since
 
     @classmethod
     def start(cls, decision: machine.Decision) -> Ledger:
@@ -184,6 +201,7 @@ class Ledger:
                 n for s in state.plan if isinstance(s, Batch) and not s.traffic for n in s.hosts
             ),
             max_rps=state.policy.max_rps_per_host,
+            old_pool=frozenset(h for h, _ in state.shift_back.admit) if state.shift_back else frozenset(),
         )
         pre: dict[str, HostPhase] = {}
         for host in state.hosts.values():
@@ -302,14 +320,18 @@ class Ledger:
         self.answers[event.action_id] = event.ok
         if event.ok and kind == "drain":
             self.out_of_rotation.add(host)
+            self.in_rotation.discard(host)
         elif event.ok:
             self.out_of_rotation.discard(host)
+            self.in_rotation.add(host)
             self.weight[host] = self.weights[event.action_id]
 
     def _account_traffic(self, action: Drain | Admit, *, final: bool) -> None:
         kind = "drain" if isinstance(action, Drain) else "admit"
         if not self.traffic and not self.blue_green:
             raise InvariantBroken(f"{kind} {action.host} for a service with no load balancer")
+        if self.blue_green and kind == "drain":
+            self._check_replacement_in(action.host)
         self.outstanding[action.action_id] = (kind, action.host)
         if isinstance(action, Admit):
             self.weights[action.action_id] = action.weight
@@ -318,6 +340,21 @@ class Ledger:
             raise InvariantBroken(
                 f"{action.host} admitted before it was seen healthy on v{self.desired.get(action.host)}"
             )
+
+    def _check_replacement_in(self, drained: str) -> None:
+        """Blue-green: a host of one pool is drained only once the other pool, which takes its
+        traffic, is surely in: every host of it admitted (answered ok, not drained since), and
+        no call of it under way (an admit still out may land after this drain; a drain still
+        out would take it out again)."""
+        replacement = self.old_pool if drained in self.idle else self.idle
+        busy = {host for _, host in self.outstanding.values()}
+        for name in sorted(replacement):
+            if name in busy or name not in self.in_rotation:
+                calls = [(kind, self.answers.get(aid)) for kind, aid in self.traffic_log.get(name, [])]
+                raise InvariantBroken(
+                    f"blue-green: {drained} drained while {name}, of the pool replacing it, is not "
+                    f"surely in load balancing (its calls, with their answers so far: {calls})"
+                )
 
     def _account_send(self, state: RolloutState, action: SetDesired, after: list[Action]) -> None:
         host = action.host

@@ -12,7 +12,8 @@ outside the rollout, disconnect agents, fire timers early and late, and issue
 operator commands. After every rule the invariants of `checks` hold (I1 at the
 moment each host leaves service, the capacity guard, no SetDesired before the
 host's drain is confirmed, no admit before it is healthy, I3 per step,
-counters against a recount), a copy of the state made by a JSON round trip
+counters against a recount, a blue-green pool drained only once the pool
+replacing it is surely in), a copy of the state made by a JSON round trip
 behaves exactly like the original, and at the end a fleet and a balancer that
 behave let ticking to `next_deadline` end the rollout, with I2 and I5 checked
 on the way out.
@@ -594,6 +595,8 @@ class RolloutMachine(RuleBasedStateMachine):
             "traffic.shifted",
             "traffic.backoff",
             "traffic.retry",
+            "traffic.held",
+            "traffic.admitted",
         ):
             if kind in kinds:
                 event(f"saw {kind}")

@@ -15,7 +15,7 @@ reference read with a default).
 
 A field added to a dataclass later is new to the reference: the comparison
 leaves its key out (`comparable`), so adding a field needs no edit here. A
-sparse field (``shift_back_retry``) has no key at all until it is set, so the
+sparse field (``shift_back_retry``, ``drains_held``) has no key at all until it is set, so the
 texts of states that do not use it stay byte for byte the reference's.
 """
 
@@ -608,3 +608,42 @@ def test_a_shift_back_being_retried_is_stored_after_every_other_key() -> None:
     assert isinstance(back.shift_back_retry, ShiftBackRetry)
     state.shift_back_retry = None
     assert encoder.encode(state) == unused  # and gone again once cleared
+
+
+def test_drains_held_back_are_stored_only_while_held() -> None:
+    """`RolloutState.drains_held` (a blue-green shift's drains waiting for its admits) is
+    written only while drains are held, after every other key; such a state round-trips."""
+    state = every_field_set()
+    unused = dumps(state.to_dict())
+    assert '"drains_held"' not in unused
+    state.drains_held = 3
+    text = dumps(state.to_dict())
+    assert text == unused[:-1] + ',"drains_held":3}'
+    encoder = StateEncoder()
+    assert encoder.encode(state) == text
+    assert_same_state(RolloutState.from_dict(json.loads(text)), state)
+    state.shift_back_retry = ShiftBackRetry(rounds=1, at=33.0)
+    both = dumps(state.to_dict())
+    assert both.index('"shift_back_retry"') < both.index('"drains_held"')  # declared order
+    assert_same_state(RolloutState.from_dict(json.loads(both)), state)
+    state.drains_held, state.shift_back_retry = 0, None
+    assert encoder.encode(state) == unused  # and gone again once released
+
+
+def test_a_story_stores_drains_held_mid_shift_and_drops_the_key_after() -> None:
+    """In a blue-green story the key appears while a shift's drains wait, and only then."""
+
+    @dataclass
+    class Story(CheckedStory):
+        stored: list[str] = field(default_factory=list)
+
+        def _after(self, actions: list[Action]) -> None:
+            super()._after(actions)
+            self.stored.append(dumps(self._state().to_dict()))
+
+    story = Story(Path(__file__).parent / "scenarios" / "40_blue_green_admit_fails_in_shift.txt")
+    story.run()
+    held = [json.loads(text)["drains_held"] for text in story.stored if '"drains_held"' in text]
+    assert held[:3] == [2, 2, 1]  # the shift starts: 2 admits; h3's fails: still 2; h2's is in: 1
+    assert all(isinstance(n, int) and n > 0 for n in held)
+    assert '"drains_held"' not in story.stored[-1]

@@ -71,6 +71,29 @@ def failures(records: list[RequestRecord]) -> list[RequestRecord]:
     return [r for r in records if not r.ok]
 
 
+def drains_after_admits(fleet: dict[str, Any], rollout_id: str) -> list[list[str]]:
+    """The hosts each shift of the rollout drained, in order; every drain went out only once
+    every admit of its shift had succeeded (the engine holds them, `traffic.held`, until
+    `traffic.admitted`): a drain landing before the admit it makes room for means 503s."""
+    with ApiClient(fleet["server"], fleet["token"]) as api:
+        events = list(api.iter_events(rollout=rollout_id))
+    shifts: list[list[str]] = []
+    held = False
+    for event in events:
+        if event.kind == "traffic.held":
+            assert not held, "a shift held its drains twice"
+            held = True
+            shifts.append([])
+        elif event.kind == "traffic.admitted":
+            assert held, "drains released that were not held"
+            held = False
+        elif event.kind == "traffic.drain":
+            assert shifts and not held, f"{event.host} drained before its shift's admits succeeded"
+            shifts[-1].append(event.host)
+    assert not held, "a shift's drains were never released"
+    return shifts
+
+
 def test_pools_are_labelled_and_only_the_live_one_takes_traffic(fleet: dict[str, Any]) -> None:
     assert fleet["pools"] == ["blue", "green"]
     assert {h["name"]: h["pool"] for h in fleet["hosts"]} == {
@@ -101,6 +124,7 @@ def test_blue_green_rollout_moves_traffic_to_the_new_pool(
     records = load.generator.records
     assert not failures(records)
     assert summarize(records, until=start).versions.keys() == {"v1"}
+    assert [set(s) for s in drains_after_admits(fleet, done["rollout"]["id"])] == [BLUE]
     assert summarize(records, since=start, until=end).versions.keys() == {"v1", "v2"}
 
 
@@ -136,3 +160,5 @@ def test_rollback_during_the_window_shifts_traffic_back_at_once(
     assert summarize(records).sent > 40 * 20
     events = run_json("history", "--service", "web", env=env)
     assert "traffic.failed" not in {e["kind"] for e in events}
+    # forward: blue admitted, then green drained; back: green admitted, then blue drained
+    assert [set(s) for s in drains_after_admits(fleet, rollout_id)] == [GREEN, BLUE]

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import random
 import time
 from collections.abc import Awaitable, Callable
@@ -11,7 +12,7 @@ import pytest
 
 from headway.clock import ManualClock, SystemClock
 from headway.testing.fake_traffic import FakeTrafficBackend
-from headway.traffic.base import ServerState, TrafficError, TransientTrafficError
+from headway.traffic.base import ServerState, ServerStats, TrafficError, TransientTrafficError
 from headway.traffic.drain import DrainOutcome, admit, drain
 from headway.traffic.retry import backoff, with_retries
 
@@ -195,6 +196,106 @@ def test_admit_gives_up_with_a_hint_when_the_state_does_not_stick() -> None:
     assert raised.value.hint
     with pytest.raises(TrafficError, match="no server h9"):
         asyncio.run(admit(fake, "h9", clock=t.clock, rng=random.Random(1), sleep=t.sleep))
+
+
+class _Checked(FakeTrafficBackend):
+    """A balancer with health checks: a READY host reports ``statuses`` one `stats` call at a
+    time (the last one stays) before it shows UP, as HAProxy does until a check passes."""
+
+    def __init__(self, statuses: list[str]) -> None:
+        super().__init__()
+        self.statuses = list(statuses)
+        self.sets: list[ServerState] = []
+
+    async def set_state(self, host: str, state: ServerState) -> None:
+        self.sets.append(ServerState(state))
+        await super().set_state(host, state)
+
+    async def stats(self) -> dict[str, ServerStats]:
+        stats = await super().stats()
+        h1 = stats.get("h1")
+        if h1 is not None and h1.admin_state == ServerState.READY and self.statuses:
+            status = self.statuses.pop(0) if len(self.statuses) > 1 else self.statuses[0]
+            stats["h1"] = dataclasses.replace(h1, status=status)
+        return stats
+
+
+def test_admit_until_serving_waits_for_the_health_check_without_setting_ready_again() -> None:
+    t = Timeline()
+    fake = _Checked(["DOWN", "DOWN", "DOWN", "UP"])
+    asyncio.run(fake.register("h1", "127.0.21.1", 8080, admitted=False))
+    asyncio.run(admit(fake, "h1", clock=t.clock, rng=random.Random(1), sleep=t.sleep, until_serving=True))
+    assert fake.sets == [ServerState.READY]  # set once, then only read until it is UP
+    assert t.slept == [0.05, 0.05, 0.05]  # polled, one `poll` apart
+
+
+def test_admit_without_until_serving_returns_at_ready_even_while_the_balancer_holds_it_down() -> None:
+    t = Timeline()
+    fake = _Checked(["DOWN"])
+    asyncio.run(fake.register("h1", "127.0.21.1", 8080, admitted=False))
+    asyncio.run(admit(fake, "h1", clock=t.clock, rng=random.Random(1), sleep=t.sleep))
+    assert t.slept == []
+
+
+@pytest.mark.parametrize("status", ["DOWN", "UP 1/2", "NOLB", "DOWN 1/2"])
+def test_a_host_that_never_takes_traffic_fails_the_admit_at_its_timeout_saying_why(status: str) -> None:
+    t = Timeline()
+    fake = _Checked([status])
+    asyncio.run(fake.register("h1", "127.0.21.1", 8080, admitted=False))
+    start = t.clock.monotonic()
+    with pytest.raises(TrafficError) as raised:
+        asyncio.run(admit(fake, "h1", clock=t.clock, rng=random.Random(1), sleep=t.sleep, timeout=2,
+                          until_serving=True))
+    said = f"h1 is ready but takes no traffic after 2s (fake reports it {status}, weight 1)"
+    assert str(raised.value).startswith(said)
+    assert "health check fails" in raised.value.hint
+    assert 2.0 <= t.clock.monotonic() - start < 2.1  # bounded by the timeout
+
+
+def test_a_host_at_weight_0_is_not_in_service_and_the_hint_says_so() -> None:
+    t = Timeline()
+    fake = asyncio.run(fleet("h1"))
+    asyncio.run(fake.set_weight("h1", 0))
+    with pytest.raises(TrafficError, match="weight 0") as raised:
+        asyncio.run(admit(fake, "h1", clock=t.clock, rng=random.Random(1), sleep=t.sleep, timeout=1,
+                          until_serving=True))
+    assert "set a weight above 0" in raised.value.hint
+
+
+def test_a_host_drained_again_while_admit_waits_is_set_ready_again() -> None:
+    t = Timeline()
+    fake = _Checked(["DOWN", "DOWN", "UP"])
+    asyncio.run(fake.register("h1", "127.0.21.1", 8080, admitted=False))
+
+    def meanwhile(sleeps: int) -> None:
+        if sleeps == 1:  # a drain still under way sets DRAIN again
+            fake.servers["h1"].state = ServerState.DRAIN
+
+    t.on_sleep = meanwhile
+    asyncio.run(admit(fake, "h1", clock=t.clock, rng=random.Random(1), sleep=t.sleep, until_serving=True))
+    assert fake.sets == [ServerState.READY, ServerState.READY]
+    assert fake.servers["h1"].state == ServerState.READY
+
+
+@pytest.mark.parametrize(
+    ("state", "status", "weight", "serving"),
+    [
+        (ServerState.READY, "UP", 1, True),
+        (ServerState.READY, "no check", 10, True),
+        (ServerState.READY, "UP 1/2", 1, False),  # out of MAINT, not checked yet (or one check failed)
+        (ServerState.READY, "DOWN", 1, False),
+        (ServerState.READY, "DOWN 1/2", 1, False),
+        (ServerState.READY, "NOLB", 1, False),
+        (ServerState.READY, "UP", 0, False),
+        (ServerState.DRAIN, "DRAIN", 1, False),
+        (ServerState.MAINT, "MAINT", 1, False),
+    ],
+)
+def test_in_service_means_ready_up_by_its_check_and_a_weight(
+    state: ServerState, status: str, weight: int, serving: bool
+) -> None:
+    stats = ServerStats("h1", state, status, 0, 0, weight, 0, 0, 0, 0, None)
+    assert stats.in_service is serving
 
 
 # --- with_retries ---------------------------------------------------------------------------------

@@ -15,12 +15,12 @@ import httpx
 import pytest
 
 from headway.clock import SystemClock
-from headway.traffic.base import ServerState, TransientTrafficError
+from headway.traffic.base import ServerState, TrafficError, TransientTrafficError
 from headway.traffic.drain import admit, drain
 from headway.traffic.haproxy import HAProxyBackend
 from headway.traffic.haproxy_process import HAProxyProcess
 
-from .conftest import Load, Result, SampleApp, Spy, backend_for, server, wait_for
+from .conftest import Load, Result, SampleApp, Spy, backend_for, free_port, server, wait_for
 
 pytestmark = pytest.mark.integration
 
@@ -178,6 +178,75 @@ def test_no_request_fails_while_hosts_are_drained_stopped_restarted_and_readmitt
     assert {"h1-v1", "h1-v2", "h2-v1", "h2-v2", "h3-v1"} <= versions
     print(f"\nzero-downtime cycle: {len(results)} requests in {span:.1f}s, all 200; drains took "
           + ", ".join(f"{w:.3f}s" for w in drains))
+
+
+def test_two_hosts_restarted_in_turn_lose_no_request_when_admit_waits_until_serving(
+    haproxy: HAProxyProcess, apps: StartApp
+) -> None:
+    """Two hosts, one out at a time, the next drained the moment the last admit returns.
+
+    A host drained while its app restarts is DOWN by HAProxy's health checks; ``state ready``
+    leaves it DOWN until its next check passes (up to ``inter``, 500 ms). If admit returned
+    at READY, draining the other host next would leave HAProxy no server: 503s. With
+    ``until_serving`` admit returns once the host is UP, so not one request fails.
+    """
+
+    async def main() -> tuple[list[Result], list[tuple[str, float, str]]]:
+        backend, started = await fleet(haproxy, apps, 2)
+        clock, rng = SystemClock(), random.Random(6)
+        admits: list[tuple[str, float, str]] = []
+        async with httpx.AsyncClient(base_url=haproxy.url, timeout=30) as client:
+            load = Load(client, rate=100).start()
+            await asyncio.sleep(0.3)
+            for round_ in (2, 3):
+                for app in started:
+                    outcome = await drain(backend, app.host, timeout=10, clock=clock, rng=rng)
+                    assert outcome.confirmed and not outcome.timed_out, outcome
+                    assert await asyncio.to_thread(app.terminate) == 0
+
+                    async def down(host: str = app.host) -> bool:
+                        return (await server(backend, host)).status == "DOWN"
+
+                    await wait_for(down, 5, f"{app.host} to be DOWN by its health checks")
+                    await asyncio.to_thread(app.start, f"{app.host}-v{round_}")
+                    began = time.monotonic()
+                    await admit(backend, app.host, clock=clock, rng=rng, until_serving=True)
+                    took = time.monotonic() - began
+                    admits.append((app.host, took, (await server(backend, app.host)).status))
+            await asyncio.sleep(0.3)
+            results = await load.stop()
+        return results, admits
+
+    results, admits = asyncio.run(main())
+    assert failures(results) == [], failures(results)[:5]
+    assert {status for _, _, status in admits} == {"UP"}
+    assert {"h1-v3", "h2-v3"} <= {r.version for r in results}
+    print("\nadmit until serving, after a restart while drained: "
+          + ", ".join(f"{host} {took:.3f}s" for host, took, _ in admits))
+
+
+def test_a_host_out_of_maint_whose_app_does_not_answer_is_not_taken_as_admitted(
+    haproxy: HAProxyProcess,
+) -> None:
+    """HAProxy takes a server out of MAINT as up before its first check (``UP 1/2``), app or
+    not; admit until serving waits for the check and fails, within its timeout, saying so."""
+
+    async def main() -> None:
+        backend = backend_for(haproxy)
+        await backend.register("gone", "127.0.21.3", free_port("127.0.21.3"), admitted=False)
+        clock, rng = SystemClock(), random.Random(2)
+        began = time.monotonic()
+        with pytest.raises(TrafficError, match=r"gone is ready but takes no traffic after 2s") as raised:
+            await admit(backend, "gone", clock=clock, rng=rng, timeout=2, until_serving=True)
+        assert 2.0 <= time.monotonic() - began < 3.0
+        assert "health check fails" in raised.value.hint
+        await backend.set_state("gone", ServerState.MAINT)
+        await admit(backend, "gone", clock=clock, rng=rng)  # READY read back is all it checks
+        stats = await server(backend, "gone")
+        assert stats.admin_state == ServerState.READY and not stats.in_service
+        assert stats.status != "UP"
+
+    asyncio.run(main())
 
 
 class KeepAliveApp:

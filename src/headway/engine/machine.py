@@ -25,6 +25,8 @@ Rules, in the spirit of Kubernetes' deployment controller:
   rollout touched only, under the same budget; a reverted host counts as
   back once it reports healthy (the previous release was proven already).
   A blue-green rollback shifts traffic back to the old pool at once.
+- A blue-green shift (forward or back) admits first and drains only once every
+  admit of it has succeeded, so the balancer always has a server to send to.
 - A balancer call that fails after its retries pauses the rollout with the
   reason; `resume` tries again. A rollback does not wait for a person: a host's
   call is tried again at once; a blue-green shift back that fails is tried
@@ -334,6 +336,7 @@ def _traffic(ctx: Ctx, event: EngineEvent) -> None:
         s.shift_open -= 1
         if purpose == "shift" and pr.rolling_back(s):
             pr.shift_back_again(ctx, event.host)
+        pr.shift_answered(ctx, str(purpose), str(kind), ok=True)
     elif purpose == "host" and host is not None:
         if host.phase in (H.DRAINING, H.REVERT_DRAINING):
             pr.host_drained(ctx, host)
@@ -380,6 +383,7 @@ def _traffic_failed(ctx: Ctx, pending: dict[str, object], event: TrafficDone) ->
             pr.shift_back_failed(ctx, f"{pending['kind']} of {event.host} failed: {event.detail}")
         elif pending["purpose"] == "shift":  # the shift under way did not happen: one less to wait for
             s.shift_open -= 1
+            pr.shift_answered(ctx, "shift", str(pending["kind"]), ok=False)
             pr.advance(ctx)
         elif for_host and host is not None:
             pr.issue_traffic(ctx, host.name, str(pending["kind"]), purpose="host")

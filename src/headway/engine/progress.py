@@ -9,6 +9,11 @@ A host's change, with a balancer in front (``managed``)::
 Without one, ``draining`` and ``admitting`` are skipped. The app is stopped
 (the agent told the new release) only once the drain is confirmed or timed
 out; a host rejoins traffic only once healthy on its new release.
+
+A blue-green shift (forward, or the shift back of a rollback) admits first and
+drains only once every admit of it has succeeded (``drains_held``): the
+balancer carries out the calls concurrently, and a drain that landed before
+the admit it makes room for would leave it with no server for a moment.
 """
 
 from __future__ import annotations
@@ -319,25 +324,90 @@ def issue_analysis(ctx: Ctx, verify: Verify) -> None:
     ctx.actions.append(Analyze(action_id, canary, baseline, verify.comparative))
 
 
-def issue_shift(ctx: Ctx, shift: Shift, purpose: str = "shift") -> None:
+def issue_shift(ctx: Ctx, shift: Shift, purpose: str = "shift", under_way: int = 0) -> None:
+    """Issue a shift's admits; its drains go out once every admit has succeeded.
+
+    The balancer carries out calls concurrently: a drain issued with the admits could
+    land before the admit it makes room for took effect, and leave the balancer with
+    no server for a moment (503s). So the drains are held (``drains_held`` counts the
+    answers they wait for; they count in ``shift_open`` already) and `shift_answered`
+    issues them after the last admit's success. ``under_way``: answers of an
+    interrupted forward shift a shift back also waits for (see `begin_rollback`).
+    """
     s = ctx.s
-    s.shift_open = len(shift.admit) + len(shift.drain)
+    s.shift_open = len(shift.admit) + len(shift.drain) + under_way
     for name, weight in shift.admit:
         issue_traffic(ctx, name, "admit", purpose=purpose, weight=weight)
-    for name in shift.drain:
+    s.drains_held = 0
+    if not shift.drain:
+        return
+    s.drains_held = len(shift.admit) + under_way
+    if s.drains_held == 0:
+        issue_drains(ctx)
+        return
+    waits_for = f"{len(shift.admit)} admit(s) have succeeded"
+    if under_way:
+        waits_for += f" and the {under_way} answer(s) of the shift under way are in"
+    ctx.record("traffic.held", f"{len(shift.drain)} host(s) leave load balancing once {waits_for}")
+
+
+def issue_drains(ctx: Ctx) -> None:
+    """The drains of the current shift (the shift back's in a rollback) go out."""
+    s = ctx.s
+    s.drains_held = 0
+    if rolling_back(s):
+        assert s.shift_back is not None
+        drains, purpose = s.shift_back.drain, "shift_back"
+    else:
+        current = s.plan[s.step_index]
+        assert isinstance(current, Shift)
+        drains, purpose = current.drain, "shift"
+    for name in drains:
         issue_traffic(ctx, name, "drain", purpose=purpose)
+
+
+def shift_answered(ctx: Ctx, purpose: str, kind: str, ok: bool) -> None:
+    """A call of a shift answered: held drains go out once the last answer they wait for is in.
+
+    Going forward they wait for the shift's admits to succeed (a failed admit pauses the
+    rollout, and its drains stay held until `resume` issues it again and it succeeds, or
+    are dropped by a rollback). In a shift back they wait for its admits to succeed (after
+    retries) and for every answer of the forward shift it interrupted: a forward drain of
+    the old pool landing after the shift back's admit would take that pool out again (the
+    traffic driver's drain even sets DRAIN again when it sees the host readmitted), so the
+    new pool is only drained once `shift_back_again` has readmitted it and that succeeded.
+    """
+    s = ctx.s
+    if s.drains_held <= 0:
+        return
+    if rolling_back(s):
+        counts = purpose == "shift" or (purpose == "shift_back" and kind == "admit" and ok)
+    else:
+        counts = purpose == "shift" and kind == "admit" and ok
+    if not counts:
+        return
+    s.drains_held -= 1
+    if s.drains_held == 0:
+        ctx.record("traffic.admitted", "every admit of the shift succeeded: the other pool is drained now")
+        issue_drains(ctx)
 
 
 def shift_back_again(ctx: Ctx, name: str) -> None:
     """A shift that was under way when the rollback began has just set ``name`` at the
-    balancer, maybe after the shift back did: set it as the shift back wants, again."""
+    balancer, maybe after the shift back did: set it as the shift back wants, again.
+
+    A readmit is one more admit the held drains wait for; a drain while the drains are
+    held is one of them already (it goes out after this answer, so after what it undoes).
+    """
     s = ctx.s
     assert s.shift_back is not None
     for admitted, weight in s.shift_back.admit:
         if admitted == name:
             issue_traffic(ctx, name, "admit", purpose="shift_back", weight=weight)
             s.shift_open += 1
-    if name in s.shift_back.drain:
+            if s.drains_held > 0:
+                s.drains_held += 1
+    if name in s.shift_back.drain and s.drains_held == 0:
         issue_traffic(ctx, name, "drain", purpose="shift_back")
         s.shift_open += 1
 
@@ -583,10 +653,10 @@ def begin_rollback(ctx: Ctx, reason: str, final: RolloutStatus) -> None:
     s.retry_hosts.clear()
     if s.shift_back is not None:
         ctx.record("rollout.rolling_back", f"shifting traffic back to the old pool: {reason}")
-        # a shift under way still answers: the rollback waits for those answers too
+        # a shift under way still answers: the rollback waits for those answers too, and
+        # so do its drains (the forward shift's held drains are dropped: never issued)
         under_way = sum(p["purpose"] == "shift" and not p["failed"] for p in s.pending_traffic.values())
-        issue_shift(ctx, s.shift_back, purpose="shift_back")
-        s.shift_open += under_way
+        issue_shift(ctx, s.shift_back, purpose="shift_back", under_way=under_way)
         return
     touched = [name for name in s.touched if s.hosts[name].phase in TOUCHED]
     # hosts already out of service go first: reverting them costs no capacity
@@ -651,6 +721,7 @@ def finish(ctx: Ctx, status: RolloutStatus, reason: str) -> None:
     s.blocked_since = None
     s.timers.clear()
     s.retry_hosts.clear()
+    s.drains_held = 0  # drains held back are dropped: the shift they belong to is over
     if s.traffic and s.shift_back is None:
         # I5: no host is left drained when a rollout ends (a broken one is kept out by the
         # balancer's own health checks, not by a drain nobody will lift); a drain still

@@ -172,6 +172,10 @@ class RolloutState:
     verified: bool = False  # this step's gates passed
     # a failed blue-green shift back being retried; stored only once one failed
     shift_back_retry: ShiftBackRetry | None = field(default=None, metadata={_SPARSE: True})
+    # blue-green: while above 0, the current shift's drains are held back until this many
+    # more answers are in: its admits' successes (and, in a shift back, the answers of
+    # the forward shift it interrupted); stored only while drains are held
+    drains_held: int = field(default=0, metadata={_SPARSE: True})
     # heap of (at, host, generation); not stored: loading rebuilds it from the hosts' deadlines
     timers: list[tuple[float, str, int]] = field(default_factory=list, metadata={_DERIVED: True})
 

@@ -129,7 +129,10 @@ class TrafficDriver:
                 await backend.register(host.name, host.address, spec.port, admitted=False)
                 if weight is not None:
                     await backend.set_weight(host.name, weight)
-                await admit(backend, host.name, clock=self._clock, rng=self._rng)
+                # only once the balancer sends it traffic (its health check passed): the engine
+                # may take another host out on this answer (a blue-green shift drains the old
+                # pool), and a READY server HAProxy still holds DOWN serves nothing
+                await admit(backend, host.name, clock=self._clock, rng=self._rng, until_serving=True)
                 outcome = TrafficOutcome(rollout_id, action_id, host.name, kind, True, "admitted")
             else:
                 assert weight is not None

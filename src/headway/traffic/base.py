@@ -11,6 +11,7 @@ Errors (both under `headway.errors.HeadwayError`)::
 A server's *admin state* is what Headway sets (ready, drain, maint); its
 *status* is what the balancer reports, which also folds in health checks
 (HAProxy: ``UP``, ``DOWN``, ``DRAIN``, ``MAINT``, ``no check``, ``UP 1/2`` ...).
+A READY server takes traffic only once its status says so (`ServerStats.in_service`).
 """
 
 from __future__ import annotations
@@ -43,6 +44,24 @@ class ServerStats:
     connection_errors: int
     response_errors: int
     avg_response_ms: float | None  # HAProxy's rtime over the last 1024 requests; None if unknown
+
+    @property
+    def in_service(self) -> bool:
+        """Load balancing sends it new requests, and its health check says so: admin state
+        READY, a weight above 0, and status ``UP`` (``no check`` without health checks).
+
+        READY alone is not that. HAProxy keeps a server that its checks found ``DOWN``
+        (a drained host whose app was stopped) DOWN after ``state ready`` until a check
+        passes; and a server just out of MAINT shows ``UP 1/2``: assumed up, not checked
+        yet, taking requests even when its app does not answer (``DOWN`` once a check
+        fails). ``UP 1/2`` also shows a server whose last check failed.
+        """
+        status = self.status.strip()
+        return (
+            self.admin_state == ServerState.READY
+            and self.weight > 0
+            and (status == "UP" or status == "no check")
+        )
 
 
 class TrafficError(HeadwayError):

@@ -18,6 +18,14 @@ An error that retrying cannot fix (an unknown host) is raised as `TrafficError`.
 Timings on this machine with HAProxy 2.6 (tests/traffic/test_haproxy_traffic.py): an idle
 host drains in about 0.06 s; a host serving a 1.5 s request drains within about 0.06 s
 of that request's end.
+
+``admit`` sets READY and reads it back; with ``until_serving`` (what the server's traffic
+driver asks for) it also waits, within its timeout, until the balancer sends the host
+traffic. HAProxy 2.6 with health checks, measured: after ``state ready`` a server that
+was drained while its app stopped stays ``DOWN`` until its next check passes (0.1-0.5 s
+with ``inter 500ms rise 1``), taking nothing; a server out of MAINT shows ``UP 1/2`` at
+once and takes requests before any check, even with its app down (``DOWN`` about 0.5 s
+later). So READY read back is not "in service"; ``UP`` (or ``no check``) is.
 """
 
 from __future__ import annotations
@@ -166,20 +174,35 @@ async def admit(
     rng: random.Random,
     sleep: Sleep = asyncio.sleep,
     timeout: float = 10.0,
+    until_serving: bool = False,
+    poll: float = 0.05,
 ) -> None:
     """Put ``host`` back in load balancing (READY) and read it back; transient errors are
-    retried for up to ``timeout`` seconds, then raised."""
+    retried for up to ``timeout`` seconds, then raised.
+
+    With ``until_serving``, return only once the balancer sends the host traffic
+    (`ServerStats.in_service`: READY, weight above 0, and its health check passed),
+    polling every ``poll`` seconds within the same ``timeout``; a host still not in
+    service then is a `TrafficError` that says what the balancer reports. READY alone is
+    not enough for a caller that takes another host out next: HAProxy keeps a server its
+    checks marked DOWN (drained, app restarted) DOWN until its next check passes, and
+    treats one just out of MAINT as up before any check (``UP 1/2``), app or not.
+    """
     deadline = clock.monotonic() + timeout
     attempt = 0
+    ready = False  # READY was read back: only waiting for the balancer to send it traffic
 
     async def set_and_read() -> dict[str, ServerStats]:
         await with_retries(lambda: backend.set_state(host, ServerState.READY), rng=rng, sleep=sleep)
         return await with_retries(backend.stats, rng=rng, sleep=sleep)
 
+    async def read() -> dict[str, ServerStats]:
+        return await with_retries(backend.stats, rng=rng, sleep=sleep)
+
     while True:
         try:
             async with asyncio.timeout(max(0.05, deadline - clock.monotonic())):
-                server = (await set_and_read()).get(host)
+                server = (await (read() if ready else set_and_read())).get(host)
         except RETRYABLE as error:
             if clock.monotonic() >= deadline:
                 if isinstance(error, TrafficError):
@@ -188,19 +211,40 @@ async def admit(
                     f"{host} could not be admitted: {backend.name} did not answer within {timeout:g}s",
                     hint="check that the load balancer is running; the host is still out of it",
                 ) from error
-            server = None
         else:
             if server is None:
                 raise TrafficError(
                     f"{host} is not in {backend.name}; it cannot be admitted",
                     hint="register the host with the load balancer first",
                 )
-            if server.admin_state == ServerState.READY:
+            # someone may set it back out meanwhile (a drain still under way): set READY again
+            ready = server.admin_state == ServerState.READY
+            if ready and (not until_serving or server.in_service):
                 return
             if clock.monotonic() >= deadline:
+                if ready:
+                    raise _not_serving(backend, server, timeout)
                 raise TrafficError(
                     f"{backend.name} still reports {host} as {server.admin_state} after setting ready",
                     hint="something else is changing this server's state; check the balancer",
                 )
-        await sleep(backoff(attempt, base=0.05, cap=1.0, rng=rng))
-        attempt += 1
+        if ready:
+            await sleep(min(poll, max(0.0, deadline - clock.monotonic())))
+        else:
+            await sleep(backoff(attempt, base=0.05, cap=1.0, rng=rng))
+            attempt += 1
+
+
+def _not_serving(backend: TrafficBackend, server: ServerStats, timeout: float) -> TrafficError:
+    """A host set READY that the balancer still sends no traffic to."""
+    where = f"{backend.name} reports it {server.status or 'without a status'}, weight {server.weight}"
+    if server.weight <= 0:
+        hint = "its weight is 0: set a weight above 0 (`set server ... weight`), then admit it again"
+    else:
+        hint = (
+            "its health check fails: check that the app answers the balancer's check (HAProxy: "
+            "`option httpchk` of the backend) at the host's address and port, then admit it again"
+        )
+    return TrafficError(
+        f"{server.name} is ready but takes no traffic after {timeout:g}s ({where})", hint=hint
+    )
