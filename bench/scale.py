@@ -107,6 +107,7 @@ class Options:
     database: str = "sqlite"  # or "postgresql": a fresh schema of postgres_url
     servers: int = 1  # server processes on that database (more than one: PostgreSQL)
     postgres_url: str = POSTGRES_URL
+    logs: Path | None = None  # where to keep the servers' logs (else they go with the run)
 
 
 def parse_args(argv: Sequence[str] | None) -> tuple[Options, bool]:
@@ -146,6 +147,9 @@ def parse_args(argv: Sequence[str] | None) -> tuple[Options, bool]:
     parser.add_argument(
         "--postgres-url", default=POSTGRES_URL, help=f"PostgreSQL database (default {POSTGRES_URL})"
     )
+    parser.add_argument(
+        "--logs", type=Path, default=None, help="keep the servers' logs in this directory"
+    )
     parser.add_argument("--json", action="store_true", help="print one JSON object instead of a table")
     parser.add_argument(
         "--profile",
@@ -183,6 +187,7 @@ def parse_args(argv: Sequence[str] | None) -> tuple[Options, bool]:
         database=args.database,
         servers=args.servers,
         postgres_url=args.postgres_url,
+        logs=args.logs,
     )
     return options, bool(args.json)
 
@@ -854,6 +859,7 @@ def run(options: Options) -> ScaleResult:
             finally:
                 server.stop()
                 count_warnings([server.log], result)
+                keep_logs([server.log], options.logs)
         else:
             with fresh_schema(options.postgres_url, prefix="hw_bench") as url:
                 cluster = Cluster(Path(tmp) / "shared", url)
@@ -863,6 +869,7 @@ def run(options: Options) -> ScaleResult:
                 finally:
                     cluster.stop()
                     count_warnings([s.log for s in cluster.servers], result)
+                    keep_logs([s.log for s in cluster.servers], options.logs)
     result.bench_cpu_s = own_cpu_seconds() - cpu0
     return result
 
@@ -878,6 +885,15 @@ def run_drive(
             stack.enter_context(profiled(server.proc.pid, out))
         stack.enter_context(mock.patch.object(sim_agents, "server_message", OnceParsed()))
         asyncio.run(drive(servers, options, result, conninfo))
+
+
+def keep_logs(logs: Sequence[Path], into: Path | None) -> None:
+    if into is None:
+        return
+    into.mkdir(parents=True, exist_ok=True)
+    for path in logs:
+        with contextlib.suppress(OSError):
+            shutil.copy(path, into / path.name)
 
 
 def libpq_conninfo(url: str) -> str:

@@ -6,7 +6,9 @@
 - `Runner.push_local`: the desired state of many hosts from one read of the hosts,
   each message the same as `_desired_message` would build for its host.
 - `Runner.push_stale`: the sweep pushes to a host only if this session was not handed
-  its stored generation already (an agent in the middle of a restart is not told again).
+  its stored generation already (an agent in the middle of a restart is not told again),
+  and `push_local` does not hand a session the very message it was handed last (the
+  leader's notification arriving after the sweep pushed the change).
 """
 
 from __future__ import annotations
@@ -200,3 +202,10 @@ def test_the_sweep_does_not_tell_a_session_again_what_it_was_handed(store: Count
     hub.connect("h2")  # h2 reconnected: its new session was handed nothing
     runner.push_stale()
     assert sorted((h, m.generation) for h, m in hub.sent) == [("h1", 20), ("h2", 12)]
+    hub.sent.clear()
+    runner.push_local(["h1"])  # the leader's notification, later than the sweep
+    assert hub.sent == []  # h1 has exactly that message already
+    with store.tx() as tx:
+        tx.set_host_serve("h1", False)  # the same generation, out of load balancing
+    runner.push_local(["h1"])
+    assert [(h, m.generation, m.serve) for h, m in hub.sent] == [("h1", 20, False)]

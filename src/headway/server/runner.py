@@ -129,8 +129,8 @@ class Runner:
         self._inbox_taken: set[int] = set()  # inbox requests queued, not yet committed
         self._inbox_strikes: dict[int, int] = {}  # inbox requests whose batches hit a bug
         self._remote_pushes: set[str] = set()  # hosts whose sessions live on other servers
-        # a follower: the session and generation each host was last handed (push_stale)
-        self._pushed: dict[str, tuple[AgentSession, int]] = {}
+        # a follower: the session each host was last pushed to, and what (push_local)
+        self._pushed: dict[str, tuple[AgentSession, Desired]] = {}
         self._late: set[asyncio.Future[None]] = set()  # requests re-sent to the new leader
         if leadership is not None:
             leadership.subscribe(self._election_changed)
@@ -577,8 +577,14 @@ class Runner:
             log.warning("cannot read desired states to push: %s", error)
             return
         for host, pushed in messages.items():
-            if pushed is not None and self.hub.push(host, pushed):
-                self._pushed[host] = (self.hub.sessions[host], pushed.generation)
+            session = self.hub.sessions.get(host)
+            if pushed is None or session is None:
+                continue
+            last = self._pushed.get(host)
+            if last is not None and last[0] is session and last[1] == pushed:
+                continue  # handed this very message already (the sweep came before the NOTIFY)
+            self.hub.push(host, pushed)
+            self._pushed[host] = (session, pushed)
 
     def push_stale(self) -> None:
         """A follower's safety net: push to local agents whose stored generation is ahead
@@ -600,7 +606,7 @@ class Runner:
             if session is None:
                 continue
             pushed = self._pushed.get(host)
-            if pushed is None or pushed[0] is not session or pushed[1] < generation:
+            if pushed is None or pushed[0] is not session or pushed[1].generation < generation:
                 stale.append(host)
         if stale:
             self.push_local(stale)
