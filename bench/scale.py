@@ -108,6 +108,8 @@ class Options:
     servers: int = 1  # server processes on that database (more than one: PostgreSQL)
     postgres_url: str = POSTGRES_URL
     logs: Path | None = None  # where to keep the servers' logs (else they go with the run)
+    lease_ttl: float = 10.0  # PostgreSQL: the leader's lease (headway server --lease-ttl)
+    stalls: bool = False  # time a GET /healthz of each server every 0.25 s (adds a little load)
 
 
 def parse_args(argv: Sequence[str] | None) -> tuple[Options, bool]:
@@ -150,6 +152,18 @@ def parse_args(argv: Sequence[str] | None) -> tuple[Options, bool]:
     parser.add_argument(
         "--logs", type=Path, default=None, help="keep the servers' logs in this directory"
     )
+    parser.add_argument(
+        "--lease-ttl",
+        type=float,
+        default=10.0,
+        help="PostgreSQL: the leader's lease, seconds (default 10, as headway server's)",
+    )
+    parser.add_argument(
+        "--stalls",
+        action="store_true",
+        help="time a GET /healthz of each server every 0.25 s: the longest is how long its "
+        "event loop stood still (a runner batch runs on it); off by default",
+    )
     parser.add_argument("--json", action="store_true", help="print one JSON object instead of a table")
     parser.add_argument(
         "--profile",
@@ -170,6 +184,8 @@ def parse_args(argv: Sequence[str] | None) -> tuple[Options, bool]:
         parser.error("--config-bytes must be 0 or more")
     if args.servers < 1 or args.servers > 16:
         parser.error("--servers must be between 1 and 16")
+    if args.lease_ttl <= 0:
+        parser.error("--lease-ttl must be above 0")
     if args.servers > 1 and args.database != "postgresql":
         parser.error("several servers share a PostgreSQL database: add --database postgresql")
     options = Options(
@@ -188,6 +204,8 @@ def parse_args(argv: Sequence[str] | None) -> tuple[Options, bool]:
         servers=args.servers,
         postgres_url=args.postgres_url,
         logs=args.logs,
+        stalls=args.stalls,
+        lease_ttl=args.lease_ttl,
     )
     return options, bool(args.json)
 
@@ -206,6 +224,7 @@ class ServerFigures:
     cpu_s: float = 0.0
     peak_rss_mib: float = 0.0
     cpu_by_phase_s: dict[str, float] = field(default_factory=dict)
+    longest_stall_s: float = 0.0  # with --stalls: the slowest GET /healthz (else 0)
     # propagation to the agents connected to this server when the change was made (not slow)
     propagation_p50_s: float = 0.0
     propagation_p99_s: float = 0.0
@@ -247,6 +266,7 @@ class ScaleResult:
     machine: str = ""
     database: str = "sqlite"
     servers: int = 1
+    lease_ttl_s: float = 0.0  # PostgreSQL: the leader's lease
     # several servers (or PostgreSQL): the sums above are over the servers; each one here
     per_server: list[ServerFigures] = field(default_factory=list)
     # PostgreSQL: CPU of the database sessions the servers opened (their backends)
@@ -291,9 +311,10 @@ class ScaleResult:
     def cluster_rows(self) -> list[tuple[str, str]]:
         """What a PostgreSQL run adds (nothing for the default: SQLite, one server)."""
         if self.database == "sqlite" and self.servers == 1:
-            return []
+            stall = self.per_server[0].longest_stall_s if self.per_server else 0.0
+            return [("longest server stall", f"{stall:.2f} s")] if stall else []
         rows = [
-            ("database, servers", f"{self.database}, {self.servers}"),
+            ("database, servers, lease", f"{self.database}, {self.servers}, {self.lease_ttl_s:g} s"),
             ("repeated desired messages", f"{self.repeated_desired}"),
         ]
         for s in self.per_server:
@@ -301,7 +322,8 @@ class ScaleResult:
                 (
                     f"  server {s.index} ({s.role})",
                     f"{s.agents} agents, propagation p50/p99 {s.propagation_p50_s:.3f} / "
-                    f"{s.propagation_p99_s:.3f} s, CPU {s.cpu_s:.2f} s, peak RSS {s.peak_rss_mib:.1f} MiB; "
+                    f"{s.propagation_p99_s:.3f} s, CPU {s.cpu_s:.2f} s, peak RSS {s.peak_rss_mib:.1f} MiB, "
+                    f"longest stall {s.longest_stall_s:.2f} s; "
                     + ", ".join(f"{k} {v:.2f}" for k, v in s.cpu_by_phase_s.items()),
                 )
             )
@@ -592,6 +614,18 @@ async def propagate(
     return acks.release
 
 
+async def watch_stalls(url: str, figures: ServerFigures, interval: float = 0.25) -> None:
+    """Time a trivial request to the server again and again: it answers only when its
+    event loop is free, so the slowest answer is its longest stall."""
+    async with httpx.AsyncClient(base_url=url, timeout=120) as client:
+        while True:
+            started = CLOCK.monotonic()
+            with contextlib.suppress(httpx.HTTPError):
+                await client.get("/healthz")
+                figures.longest_stall_s = max(figures.longest_stall_s, CLOCK.monotonic() - started)
+            await asyncio.sleep(interval)
+
+
 class SessionsProbe:
     """CPU time of the PostgreSQL backends that serve the servers' sessions.
 
@@ -710,6 +744,8 @@ async def drive(
     leader = await find_leader(servers, options) if len(servers) > 1 else 0
     sessions: SessionsProbe | None = None
     result.per_server = [ServerFigures(i, s.url) for i, s in enumerate(servers)]
+    if options.stalls:
+        watchers.extend(asyncio.create_task(watch_stalls(f.url, f)) for f in result.per_server)
     if conninfo is not None:
         ids = await server_ids(servers)
         for figures, (_, role) in zip(result.per_server, ids, strict=True):
@@ -849,6 +885,7 @@ def run(options: Options) -> ScaleResult:
         machine=machine_line(),
         database=options.database,
         servers=options.servers,
+        lease_ttl_s=options.lease_ttl if options.database == "postgresql" else 0.0,
     )
     cpu0 = own_cpu_seconds()
     with tempfile.TemporaryDirectory(prefix="headway-bench-") as tmp:
@@ -862,7 +899,7 @@ def run(options: Options) -> ScaleResult:
                 keep_logs([server.log], options.logs)
         else:
             with fresh_schema(options.postgres_url, prefix="hw_bench") as url:
-                cluster = Cluster(Path(tmp) / "shared", url)
+                cluster = Cluster(Path(tmp) / "shared", url, options={"lease_ttl": options.lease_ttl})
                 try:
                     cluster.start(options.servers)
                     run_drive(cluster.servers, options, result, libpq_conninfo(options.postgres_url))
