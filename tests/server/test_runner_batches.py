@@ -182,3 +182,28 @@ def test_a_batch_that_fails_before_its_commit_leaves_nothing_taken_for_saved(
     state = runner.states[rollout_id]
     assert stored_state(store, rollout_id)[1] == json.loads(json.dumps(state.to_dict()))
     assert state.done == 2
+
+
+def test_a_disconnect_reported_by_a_server_the_agent_left_is_ignored(setup: Setup) -> None:
+    """An agent moved from server A to server B: A's late "gone" must not mark it away."""
+    runner, store, _, _ = setup
+    moved = hello("h1")
+    moved.origin = "server-b"
+    runner._handle([moved])
+    runner._handle([r.HostGone("h1", origin="server-a")])
+    assert stored(store, "h1").connected
+    runner._handle([r.HostGone("h1", origin="server-b")])  # from the server it is on: gone
+    assert not stored(store, "h1").connected
+
+
+def test_batches_are_sized_to_hold_the_loop_about_a_second(setup: Setup) -> None:
+    runner = setup[0]
+    assert runner.batch_limit() == 5000  # nothing measured yet
+    for _ in range(20):
+        runner._measure(1000, 2.5)  # 2.5 ms a request
+    assert 390 <= runner.batch_limit() <= 410
+    for _ in range(40):
+        runner._measure(1000, 0.01)  # cheap requests: the cap again
+    assert runner.batch_limit() == 5000
+    runner._measure(5, 100.0)  # a tiny batch says little about the cost per request
+    assert runner.batch_limit() == 5000

@@ -69,7 +69,7 @@ def forwardable(request: r.Request) -> bool:
 def encode_request(request: r.Request) -> tuple[str, str]:
     values: dict[str, Any] = {}
     for item in dataclasses.fields(request):
-        if item.name in ("reply", "inbox"):
+        if item.name in ("reply", "inbox", "origin"):
             continue
         value = getattr(request, item.name)
         if isinstance(value, BaseModel):

@@ -22,6 +22,8 @@ class _Request:
     reply: asyncio.Future[Any] | None = field(default=None, kw_only=True)
     # (inbox id, whether the sender waits for a reply) for a request from another server
     inbox: tuple[int, bool] | None = field(default=None, kw_only=True)
+    # the server that took the request from an agent or a user ("": this one)
+    origin: str = field(default="", kw_only=True)
 
 @dataclass
 class HostHello(_Request):

@@ -76,6 +76,12 @@ from headway.store import HostObservation, NewEvent, OutboxItem, Store, Tx
 log = logging.getLogger("headway.runner")
 
 BATCH_LIMIT = 5000
+BATCH_MIN = 50
+# A batch runs on the event loop; the size is chosen from the measured cost per request so
+# that one holds the loop about this long at most: the API, agents' sessions and the lease
+# renewal go on between batches (5,000 hellos at once held a PostgreSQL leader 8-15 s, past
+# its lease).
+BATCH_SECONDS = 1.0
 INBOX_STRIKES = 3  # batches an inbox request may break before it is dropped with an error reply
 
 
@@ -128,6 +134,8 @@ class Runner:
         self._inbox_signal = asyncio.Event()
         self._inbox_taken: set[int] = set()  # inbox requests queued, not yet committed
         self._inbox_strikes: dict[int, int] = {}  # inbox requests whose batches hit a bug
+        self._cost = 0.0  # measured seconds per request in a batch (batch_limit)
+        self._session_origin: dict[str, str] = {}  # host -> the server its last hello came from
         self._remote_pushes: set[str] = set()  # hosts whose sessions live on other servers
         # a follower: the session each host was last pushed to, and what (push_local)
         self._pushed: dict[str, tuple[AgentSession, Desired]] = {}
@@ -253,6 +261,7 @@ class Runner:
                     self._refuse_inbox(item.id, item.wants_reply, str(error), hint)
                     continue
                 request.inbox = (item.id, item.wants_reply)
+                request.origin = item.sender
                 self.queue.put_nowait(request)
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(self._inbox_signal.wait(), 0.5)
@@ -354,8 +363,10 @@ class Runner:
         self.ready.set()
         while self._elected():
             batch = await self._next_batch()
+            started = self.clock.monotonic()
             try:
                 self._handle(batch)
+                self._measure(len(batch), self.clock.monotonic() - started)
             except Fenced as error:
                 self._stand_down(batch)
                 raise error
@@ -388,9 +399,25 @@ class Runner:
                 batch.append(await asyncio.wait_for(self.queue.get(), timeout))
         except TimeoutError:
             pass
-        while len(batch) < BATCH_LIMIT and not self.queue.empty():
+        limit = self.batch_limit()
+        while len(batch) < limit and not self.queue.empty():
             batch.append(self.queue.get_nowait())
         return batch
+
+    def batch_limit(self) -> int:
+        """How many requests the next batch takes: about `BATCH_SECONDS` of work.
+
+        >>> r = Runner.__new__(Runner); r._cost = 0.0025  # 2.5 ms a request (PostgreSQL hellos)
+        >>> r.batch_limit()
+        400
+        """
+        if self._cost <= 0:
+            return BATCH_LIMIT
+        return max(BATCH_MIN, min(BATCH_LIMIT, int(BATCH_SECONDS / self._cost)))
+
+    def _measure(self, requests: int, seconds: float) -> None:
+        if requests >= 10:  # small batches say more about fixed costs than about requests
+            self._cost = 0.7 * self._cost + 0.3 * (seconds / requests)
 
     def _seconds_to_next_deadline(self) -> float | None:
         deadlines = [d for s in self.states.values() if (d := machine.next_deadline(s)) is not None]
@@ -627,6 +654,8 @@ class Runner:
         if isinstance(request, HostHello):
             return self._hello(tx, request, now, changed, pushes)
         if isinstance(request, HostGone):
+            if self._session_origin.get(request.host, request.origin) != request.origin:
+                return None  # the agent said hello through another server since: still there
             view = tx.get_host(request.host)
             tx.set_disconnected(request.host, now)
             observation = Observation(
@@ -737,6 +766,7 @@ class Runner:
     ) -> None:
         view = tx.upsert_host(request.host, request.service, request.address, request.labels, now)
         self.host_service[request.host] = request.service
+        self._session_origin[request.host] = request.origin
         self.connected_since_start.add(request.host)
         self._buffer_observation(request.host, request.observed)
         rollout_id = self.by_service.get(request.service)
