@@ -40,8 +40,8 @@ from typing import Any, Protocol
 import psycopg
 
 from headway.clock import Clock
+from headway.errors import StoreUnavailable
 from headway.store import Store
-from headway.store._tx_cluster import RUNNER_LEASE
 
 log = logging.getLogger("headway.leadership")
 
@@ -167,7 +167,7 @@ class PostgresElection:
             else:
                 self._depose("another server took the lease over")
             self._last_problem = ""
-        except psycopg.Error as error:
+        except (psycopg.Error, StoreUnavailable) as error:
             self._close_session()
             problem = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
             if problem != self._last_problem:
@@ -216,47 +216,28 @@ class PostgresElection:
             "SELECT pg_try_advisory_lock(%s, hashtext(current_schema()))", (ELECTION_LOCK,)
         ).fetchone()
         if got is not None and got[0]:
-            with session.transaction():
-                row = session.execute(
-                    "UPDATE leases SET token = token + 1, holder = %s, about = %s, "
-                    "acquired_at = extract(epoch from clock_timestamp())::float8, "
-                    "expires_at = extract(epoch from clock_timestamp())::float8 + %s "
-                    "WHERE name = %s RETURNING token",
-                    (self.server_id, self.about, self.ttl, RUNNER_LEASE),
-                ).fetchone()
-            assert row is not None, "the leases table lacks its runner row (migration 0004)"
-            return int(row[0])
-        lease = session.execute(
-            "SELECT holder, about, expires_at, extract(epoch from clock_timestamp())::float8 "
-            "FROM leases WHERE name = %s",
-            (RUNNER_LEASE,),
-        ).fetchone()
-        if lease is None:
-            return None
-        holder, about, expires_at, now = lease
-        if holder and holder != self.server_id and expires_at <= now:
+            with self.store.tx() as tx:  # holding the lock, this server takes the lease
+                return tx.take_lease(self.server_id, self.about, self.ttl)
+        with self.store.tx() as tx:
+            lease = tx.lease()
+        if lease.holder and lease.holder != self.server_id and lease.expired:
             ended = session.execute(
                 "SELECT count(pg_terminate_backend(pid)) FROM pg_stat_activity "
                 "WHERE datname = current_database() AND application_name = %s",
-                (holder,),
+                (lease.holder,),
             ).fetchone()
             log.warning(
                 "the lease of %s expired %.1fs ago while it still holds the election lock; "
                 "ended its %d database session(s) so that its writes stop",
-                about or holder,
-                now - expires_at,
+                lease.about or lease.holder,
+                lease.now - lease.expires_at,
                 ended[0] if ended else 0,
             )
         return None
 
     def _renew(self, token: int) -> bool:
-        session = self._connect()
-        cursor = session.execute(
-            "UPDATE leases SET expires_at = extract(epoch from clock_timestamp())::float8 + %s "
-            "WHERE name = %s AND token = %s",
-            (self.ttl, RUNNER_LEASE, token),
-        )
-        return cursor.rowcount == 1
+        with self.store.tx() as tx:
+            return tx.renew_lease(token, self.ttl)
 
     def _give_up(self, token: int) -> None:
         """A clean stop: end the lease now so that another server takes over at once."""
