@@ -66,10 +66,15 @@ def forwardable(request: r.Request) -> bool:
     return type(request).__name__ in FORWARDABLE
 
 
+# what every request carries for the server handling it (reply future, inbox id, origin):
+# never sent to another server
+_LOCAL_FIELDS = frozenset(f.name for f in dataclasses.fields(r.HostGone) if f.kw_only)
+
+
 def encode_request(request: r.Request) -> tuple[str, str]:
     values: dict[str, Any] = {}
     for item in dataclasses.fields(request):
-        if item.name in ("reply", "inbox", "origin"):
+        if item.name in _LOCAL_FIELDS:
             continue
         value = getattr(request, item.name)
         if isinstance(value, BaseModel):
